@@ -1,0 +1,102 @@
+"""Training batches from indexed binaries, through Megatron-Core's dataset builder.
+
+``BlendedMegatronDatasetBuilder`` + ``GPTDataset`` give packed, shuffled, weighted samples with
+cached index files, exactly as Megatron-LM reads them. Batches are addressed by global step, so a
+resumed run sees the same samples as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from megatron_speech.data.indexed import read_metadata
+from megatron_speech.tokenizer import SpeechTextTokenizer
+
+
+@dataclass
+class DataSource:
+    prefix: str
+    weight: float = 1.0
+    layout: str = "text"
+
+
+@dataclass
+class DataConfig:
+    sources: list[DataSource] = field(default_factory=list)
+    seq_length: int = 128
+    split: str = "98,2,0"  # train, validation, test shares of each source's documents
+    seed: int = 1234
+    cache_dir: str | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DataConfig":
+        values = dict(values)
+        values["sources"] = [DataSource(**s) for s in values.get("sources", [])]
+        return cls(**values)
+
+
+def check_sources(config: DataConfig, tokenizer: SpeechTextTokenizer) -> None:
+    """Fail before any training step on missing data, bad weights or a foreign vocabulary."""
+    if not config.sources:
+        raise ValueError("the data mixture names no sources")
+    for source in config.sources:
+        if not source.weight > 0:
+            raise ValueError(f"{source.prefix}: blend weight must be > 0, got {source.weight}")
+        for suffix in (".bin", ".idx"):
+            path = f"{source.prefix}{suffix}"
+            try:
+                open(path, "rb").close()
+            except OSError as exc:
+                raise FileNotFoundError(f"dataset file {path} cannot be read: {exc.strerror}") from None
+        meta = read_metadata(source.prefix)
+        if meta.get("tokenizer_fingerprint") != tokenizer.fingerprint():
+            raise ValueError(
+                f"{source.prefix} was tokenized with tokenizer {meta.get('tokenizer_fingerprint')}, "
+                f"but training uses {tokenizer.fingerprint()}: re-run preprocessing"
+            )
+
+
+def build_datasets(config: DataConfig, tokenizer: SpeechTextTokenizer, train_samples: int, valid_samples: int):
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    check_sources(config, tokenizer)
+    blend = ([s.prefix for s in config.sources], [s.weight for s in config.sources])
+    dataset_config = GPTDatasetConfig(
+        random_seed=config.seed,
+        sequence_length=config.seq_length,
+        blend=blend,
+        split=config.split,
+        tokenizer=tokenizer,
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+        create_attention_mask=False,
+        path_to_cache=config.cache_dir,
+    )
+    train, valid, _ = BlendedMegatronDatasetBuilder(
+        GPTDataset, [train_samples, valid_samples, 0], lambda: True, dataset_config
+    ).build()
+    return train, valid
+
+
+def microbatches(
+    dataset, step: int, global_batch_size: int, micro_batch_size: int, dp_rank: int, dp_size: int
+) -> Iterator[dict[str, torch.Tensor]]:
+    """This data-parallel rank's microbatches of global batch ``step``.
+
+    The global batch is samples ``[step * global_batch_size, (step + 1) * global_batch_size)``;
+    rank r takes the r-th contiguous slice of it, so the ranks together see each sample once.
+    """
+    per_rank = global_batch_size // dp_size
+    first = step * global_batch_size + dp_rank * per_rank
+    for start in range(first, first + per_rank, micro_batch_size):
+        samples = [dataset[(start + j) % len(dataset)] for j in range(micro_batch_size)]
+        yield {
+            key: torch.from_numpy(np.stack([np.asarray(s[key]) for s in samples]))
+            for key in ("tokens", "labels", "loss_mask", "position_ids")
+        }

@@ -1,0 +1,36 @@
+"""megatron_speech: speech-text pre-training with synthetic interleaved data on Megatron-Core."""
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import find_packages, setup
+
+setup(
+    name="megatron_speech",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.10",
+    packages=find_packages(include=["megatron_speech", "megatron_speech.*"]),
+    ext_modules=[
+        Pybind11Extension(
+            "megatron_speech._C",
+            sorted(["csrc/module.cpp"]),
+            cxx_std=17,
+            extra_compile_args=["-O3"],
+        )
+    ],
+    cmdclass={"build_ext": build_ext},
+    # torch is pinned exactly for CPU machines in requirements/cpu.txt; GPU clusters keep the CUDA
+    # build their container ships, so only a floor is stated here.
+    install_requires=[
+        "torch>=2.6",
+        "megatron-core>=0.16,<0.17",
+        "numpy>=1.26",
+        "tokenizers>=0.21",
+        "pyyaml>=6",
+        "tqdm>=4.66",
+        "pyarrow>=15",
+    ],
+    extras_require={
+        "gpu": ["transformer-engine[pytorch]>=2.0"],  # apex is built from source on clusters
+        "test": ["pytest>=8"],
+    },
+)

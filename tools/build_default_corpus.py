@@ -1,0 +1,10 @@
+"""Write the built-in small English corpus (Python's help topics) as jsonl."""
+
+import argparse
+
+from megatron_speech.data.default_corpus import write_default_corpus
+
+parser = argparse.ArgumentParser(description=__doc__)
+parser.add_argument("output", help="jsonl file to write")
+args = parser.parse_args()
+print(f"{write_default_corpus(args.output)} documents -> {args.output}")
