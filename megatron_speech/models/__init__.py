@@ -1,0 +1,1 @@
+"""The speech GPT: config, Megatron model building, weight layouts and vocabulary expansion."""

@@ -1,0 +1,1 @@
+"""Pre-training on Megatron-Core: config, data, the step, the loop."""
