@@ -1,5 +1,7 @@
 """megatron_speech: speech-text pre-training with synthetic interleaved data on Megatron-Core."""
 
+import glob
+
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import find_packages, setup
 
@@ -12,9 +14,10 @@ setup(
     ext_modules=[
         Pybind11Extension(
             "megatron_speech._C",
-            sorted(["csrc/module.cpp"]),
+            sorted(glob.glob("csrc/*.cpp")),
             cxx_std=17,
             extra_compile_args=["-O3"],
+            depends=sorted(glob.glob("csrc/*.h")),
         )
     ],
     cmdclass={"build_ext": build_ext},

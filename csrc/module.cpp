@@ -1,6 +1,7 @@
 // megatron_speech._C: C++ hot paths bound with pybind11.
-// Holds the build information now; the indexed-dataset builder for interleaved tokens lands here.
 #include <pybind11/pybind11.h>
+
+#include "indexed_builder.h"
 
 #include <string>
 
@@ -26,4 +27,5 @@ std::string build_info() {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "C++ hot paths of megatron_speech";
   m.def("build_info", &build_info, "Compiler and standard the extension was built with.");
+  megatron_speech::bind_indexed_builder(m);
 }

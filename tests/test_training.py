@@ -6,7 +6,7 @@ import pytest
 
 from megatron_speech.data.default_corpus import default_documents
 from megatron_speech.data.indexed import read_metadata
-from megatron_speech.data.preprocess import preprocess_text
+from megatron_speech.data.preprocess import PreprocessConfig, preprocess
 from megatron_speech.testing.multiprocess import run_processes
 from megatron_speech.tokenizer import SpeechTextTokenizer
 from megatron_speech.training.config import TrainConfig
@@ -20,7 +20,7 @@ def prepared(tmp_path_factory, text_tokenizer_file):
     tokenizer.save(root / "tokenizer")
     corpus = root / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in default_documents()[:800]))
-    preprocess_text([corpus], tokenizer, root / "data" / "text")
+    preprocess(PreprocessConfig([str(corpus)], str(root / "data" / "text"), str(root / "tokenizer")))
     return root, tokenizer
 
 

@@ -4,7 +4,12 @@ import argparse
 
 from megatron_speech.data.default_corpus import write_default_corpus
 
-parser = argparse.ArgumentParser(description=__doc__)
-parser.add_argument("output", help="jsonl file to write")
-args = parser.parse_args()
-print(f"{write_default_corpus(args.output)} documents -> {args.output}")
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("output", help="jsonl file to write")
+    args = parser.parse_args()
+    print(f"{write_default_corpus(args.output)} documents -> {args.output}")
+
+
+if __name__ == "__main__":
+    main()

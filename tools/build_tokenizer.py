@@ -7,21 +7,26 @@ import json
 from megatron_speech.tokenizer import SpeechTextTokenizer
 from megatron_speech.tokenizer.train_text_tokenizer import train_bpe
 
-parser = argparse.ArgumentParser(description=__doc__)
-parser.add_argument("output_dir")
-parser.add_argument("--codebook-size", type=int, required=True, help="speech tokenizer codes K")
-source = parser.add_mutually_exclusive_group(required=True)
-source.add_argument("--text-tokenizer", help="existing tokenizer.json, or a directory holding one")
-source.add_argument("--train-on", help="jsonl corpus to train a byte-level BPE text tokenizer on")
-parser.add_argument("--text-vocab-size", type=int, default=2048, help="with --train-on")
-args = parser.parse_args()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("output_dir")
+    parser.add_argument("--codebook-size", type=int, required=True, help="speech tokenizer codes K")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text-tokenizer", help="existing tokenizer.json, or a directory holding one")
+    source.add_argument("--train-on", help="jsonl corpus to train a byte-level BPE text tokenizer on")
+    parser.add_argument("--text-vocab-size", type=int, default=2048, help="with --train-on")
+    args = parser.parse_args()
 
-text_path = args.text_tokenizer
-if args.train_on:
-    text_path = f"{args.output_dir}/trained_text_tokenizer.json"
-    with open(args.train_on) as f:
-        train_bpe((json.loads(line)["text"] for line in f), args.text_vocab_size, text_path)
-tokenizer = SpeechTextTokenizer.from_text_tokenizer(text_path, args.codebook_size)
-tokenizer.save(args.output_dir)
-print(f"vocab {tokenizer.vocab_size} (text {tokenizer.text_vocab_size}, audio {tokenizer.codebook_size}) "
-      f"fingerprint {tokenizer.fingerprint()} -> {args.output_dir}")
+    text_path = args.text_tokenizer
+    if args.train_on:
+        text_path = f"{args.output_dir}/trained_text_tokenizer.json"
+        with open(args.train_on) as f:
+            train_bpe((json.loads(line)["text"] for line in f), args.text_vocab_size, text_path)
+    tokenizer = SpeechTextTokenizer.from_text_tokenizer(text_path, args.codebook_size)
+    tokenizer.save(args.output_dir)
+    print(f"vocab {tokenizer.vocab_size} (text {tokenizer.text_vocab_size}, audio {tokenizer.codebook_size}) "
+          f"fingerprint {tokenizer.fingerprint()} -> {args.output_dir}")
+
+
+if __name__ == "__main__":
+    main()

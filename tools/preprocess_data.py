@@ -1,15 +1,43 @@
-"""Tokenize text corpora (jsonl, jsonl.gz, parquet) into Megatron indexed binaries."""
+"""Tokenize corpora into Megatron indexed binaries (.bin/.idx + metadata) in one sample layout.
+
+    python tools/preprocess_data.py corpus/*.jsonl --tokenizer work/tokenizer \
+        --output-prefix data/web_text --layout text --workers 8
+
+Resumable: rerun the same command after a crash and only unfinished chunks are redone.
+"""
 
 import argparse
+import sys
 
-from megatron_speech.data.preprocess import preprocess_text
-from megatron_speech.tokenizer import SpeechTextTokenizer
+from megatron_speech.data.corpus import CorpusError
+from megatron_speech.data.layouts import LAYOUTS
+from megatron_speech.data.preprocess import PreprocessConfig, preprocess
 
-parser = argparse.ArgumentParser(description=__doc__)
-parser.add_argument("inputs", nargs="+")
-parser.add_argument("--tokenizer", required=True, help="directory written by tools/build_tokenizer.py")
-parser.add_argument("--output-prefix", required=True)
-parser.add_argument("--field", default="text")
-args = parser.parse_args()
-tokens = preprocess_text(args.inputs, SpeechTextTokenizer.load(args.tokenizer), args.output_prefix, args.field)
-print(f"{tokens:,} tokens -> {args.output_prefix}.bin/.idx")
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", help="jsonl, jsonl.gz or parquet files")
+    parser.add_argument("--tokenizer", required=True, help="directory written by tools/build_tokenizer.py")
+    parser.add_argument("--output-prefix", required=True)
+    parser.add_argument("--layout", choices=LAYOUTS, default="text")
+    parser.add_argument("--field", default="text", help="the text field of each record")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--on-error", choices=("stop", "skip"), default="stop",
+                        help="skip: leave bad records out and list them in <prefix>.errors.jsonl")
+    parser.add_argument("--chunk-mb", type=float, default=64, help="work unit: MB of plain jsonl")
+    parser.add_argument("--backend", choices=("cpp", "python"), default="cpp")
+    args = parser.parse_args()
+    config = PreprocessConfig(
+        inputs=args.inputs, output_prefix=args.output_prefix, tokenizer=args.tokenizer, layout=args.layout,
+        field=args.field, workers=args.workers, on_error=args.on_error, chunk_bytes=max(1, int(args.chunk_mb * (1 << 20))),
+        backend=args.backend,
+    )
+    try:
+        stats = preprocess(config)
+    except CorpusError as exc:
+        sys.exit(f"error: {exc}\n(rerun with --on-error skip to leave bad records out; finished chunks are kept)")
+    skipped = f", {stats['skipped']} bad records skipped (see {args.output_prefix}.errors.jsonl)" if stats["skipped"] else ""
+    print(f"{stats['documents']:,} documents, {stats['tokens']:,} tokens -> {args.output_prefix}.bin/.idx{skipped}")
+
+
+if __name__ == "__main__":
+    main()

@@ -12,16 +12,21 @@ from megatron_speech.parallel import shutdown
 from megatron_speech.training.config import TrainConfig
 from megatron_speech.training.loop import pretrain
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("--config", required=True, help="training YAML")
-parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config value, e.g. schedule.steps=10 (value parsed as YAML)")
-args = parser.parse_args()
-overrides = {}
-for item in args.set:
-    key, sep, value = item.partition("=")
-    if not sep:
-        parser.error(f"--set needs KEY=VALUE, got {item!r}")
-    overrides[key] = yaml.safe_load(value)
-pretrain(TrainConfig.from_yaml(args.config, overrides))
-shutdown()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="training YAML")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. schedule.steps=10 (value parsed as YAML)")
+    args = parser.parse_args()
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set needs KEY=VALUE, got {item!r}")
+        overrides[key] = yaml.safe_load(value)
+    pretrain(TrainConfig.from_yaml(args.config, overrides))
+    shutdown()
+
+
+if __name__ == "__main__":
+    main()

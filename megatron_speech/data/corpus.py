@@ -1,6 +1,6 @@
-"""Read text corpora (contract 3): jsonl, jsonl.gz or parquet records with a text field.
+"""Read corpus records: jsonl, jsonl.gz or parquet, whole files or line-aligned byte ranges.
 
-Every bad record is reported as ``file:line`` (or ``file:row``) so a user can find it in a
+Every bad record is reported as ``file:line`` (parquet: ``file:row``) so a user can find it in a
 terabyte corpus; nothing is silently dropped here (skipping is the caller's decision).
 """
 
@@ -28,41 +28,97 @@ class TextRecord:
     text: str
 
 
-def _jsonl_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        for number, line in enumerate(f, start=1):
+def is_splittable(path: Path) -> bool:
+    """Plain jsonl can be read from any line-aligned byte offset; gz and parquet only whole."""
+    return path.name.endswith((".jsonl", ".json"))
+
+
+def check_format(path: Path) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus file not found: {path}")
+    if not (path.suffix == ".parquet" or path.name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz"))):
+        raise ValueError(f"{path}: unknown corpus format (expected .jsonl, .jsonl.gz or .parquet)")
+
+
+def _line_number(path: Path, offset: int) -> int:
+    """1-based number of the line starting at ``offset`` (counted only when an error needs it)."""
+    count = 1
+    with open(path, "rb") as f:
+        while offset > 0:
+            block = f.read(min(offset, 1 << 20))
+            count += block.count(b"\n")
+            offset -= len(block)
+    return count
+
+
+def _jsonl_lines(path: Path, start: int, end: int | None) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) for lines that begin in [start, end)."""
+    if not is_splittable(path):
+        with gzip.open(path, "rb") as f:
+            yield from enumerate(f, start=1)
+        return
+    with open(path, "rb") as f:
+        if start > 0:
+            f.seek(start - 1)
+            if f.read(1) != b"\n":
+                f.readline()  # the line that straddles `start` belongs to the previous range
+        number = None
+        while end is None or f.tell() < end:
+            position = f.tell()
+            line = f.readline()
+            if not line:
+                return
+            if number is None:
+                number = _line_number(path, position) if position else 1
             yield number, line
+            number += 1
 
 
-def _jsonl_records(path: Path, field: str) -> Iterator[TextRecord]:
-    for number, raw in _jsonl_lines(path):
+def _decode(raw: bytes, path: Path, number: int) -> object:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorpusError(path, number, f"invalid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise CorpusError(path, number, f"malformed JSON ({exc.msg})") from None
+
+
+def read_records(
+    path: str | Path, start: int = 0, end: int | None = None, strict: bool = True
+) -> Iterator[tuple[int, object]]:
+    """(record number, parsed record) pairs. With ``strict=False`` an unreadable record is yielded
+    as its ``CorpusError`` instead of raised, so a caller can skip it and go on."""
+    path = Path(path)
+    check_format(path)
+    if path.suffix == ".parquet":
+        yield from _parquet_records(path)
+        return
+    for number, raw in _jsonl_lines(path, start, end):
         if not raw.strip():
             continue
         try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise CorpusError(path, number, f"invalid UTF-8 ({exc.reason} at byte {exc.start})") from None
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CorpusError(path, number, f"malformed JSON ({exc.msg})") from None
-        yield _text_of(record, field, path, number)
+            yield number, _decode(raw, path, number)
+        except CorpusError as exc:
+            if strict:
+                raise
+            yield number, exc
 
 
-def _parquet_records(path: Path, field: str) -> Iterator[TextRecord]:
+def _parquet_records(path: Path) -> Iterator[tuple[int, dict]]:
     try:
         import pyarrow.parquet as pq
     except ImportError as exc:
         raise ImportError(f"reading {path} needs pyarrow (pip install pyarrow)") from exc
     number = 0
-    for batch in pq.ParquetFile(path).iter_batches(columns=[field]):
-        for value in batch.column(0).to_pylist():
+    for batch in pq.ParquetFile(path).iter_batches():
+        for row in batch.to_pylist():
             number += 1
-            yield _text_of({field: value}, field, path, number)
+            yield number, row
 
 
-def _text_of(record: object, field: str, path: Path, number: int) -> TextRecord:
+def text_field(record: object, field: str, path: Path | str, number: int) -> str:
     if not isinstance(record, dict) or field not in record:
         raise CorpusError(path, number, f"missing field {field!r}")
     text = record[field]
@@ -70,15 +126,10 @@ def _text_of(record: object, field: str, path: Path, number: int) -> TextRecord:
         raise CorpusError(path, number, f"field {field!r} is {type(text).__name__}, not a string")
     if not text.strip():
         raise CorpusError(path, number, "empty document")
-    return TextRecord(str(path), number, text)
+    return text
 
 
 def read_text_records(path: str | Path, field: str = "text") -> Iterator[TextRecord]:
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"corpus file not found: {path}")
-    if path.suffix == ".parquet":
-        return _parquet_records(path, field)
-    if path.name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
-        return _jsonl_records(path, field)
-    raise ValueError(f"{path}: unknown corpus format (expected .jsonl, .jsonl.gz or .parquet)")
+    check_format(path)
+    return (TextRecord(str(path), n, text_field(r, field, path, n)) for n, r in read_records(path))

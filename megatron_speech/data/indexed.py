@@ -3,14 +3,13 @@
 The sidecar (``<prefix>.meta.json``) names the tokenizer (by fingerprint), the sample layout and the
 sources, so training refuses data tokenized with another vocabulary instead of silently learning
 from wrong ids. Files are written under temporary names and renamed into place, metadata last: a
-prefix whose metadata exists is complete.
+prefix whose metadata exists is complete. ``megatron_speech.data.preprocess`` writes them.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -41,26 +40,11 @@ def write_metadata(prefix: str | Path, metadata: dict) -> None:
     os.replace(tmp, path)
 
 
-def write_documents(
-    prefix: str | Path, documents: Iterable[np.ndarray], vocab_size: int, metadata: dict
-) -> int:
-    """Write whole documents with Megatron's own builder; returns the number of tokens."""
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-    import torch
-
-    prefix = Path(prefix)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    metadata_path(prefix).unlink(missing_ok=True)
-    tmp = prefix.with_name(prefix.name + ".tmp")
-    dtype = token_dtype(vocab_size)
-    builder = IndexedDatasetBuilder(f"{tmp}.bin", dtype=dtype)
-    total = 0
-    for doc in documents:
-        builder.add_document(torch.from_numpy(np.asarray(doc, dtype=np.int64)), [len(doc)])
-        total += len(doc)
-    builder.finalize(f"{tmp}.idx")
-    os.replace(f"{tmp}.bin", f"{prefix}.bin")
-    os.replace(f"{tmp}.idx", f"{prefix}.idx")
-    write_metadata(prefix, {**metadata, "vocab_size": vocab_size, "num_tokens": total,
-                            "dtype": np.dtype(dtype).name})
-    return total
+def read_sequence_lengths(idx_path: str | Path) -> np.ndarray:
+    """The int32 sequence lengths of a Megatron ``.idx`` file (header layout: see csrc/)."""
+    with open(idx_path, "rb") as f:
+        header = f.read(34)
+        if header[:9] != b"MMIDIDX\x00\x00":
+            raise ValueError(f"{idx_path}: not a Megatron index file")
+        count = int.from_bytes(header[18:26], "little")
+        return np.frombuffer(f.read(4 * count), dtype=np.int32)

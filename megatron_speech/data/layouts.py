@@ -1,0 +1,83 @@
+"""Sample layouts (contract 5): the one place that turns records into LM token sequences.
+
+    text         document tokens                                         <eod>
+    speech       <|begin_of_audio|> audio <|end_of_audio|>                <eod>
+    asr          <|begin_of_audio|> audio <|end_of_audio|> transcript     <eod>
+    tts          text <|begin_of_audio|> audio <|end_of_audio|>           <eod>
+    interleaved  text and audio segments in record order                  <eod>
+
+Records are validated here, so a bad one is reported with its file and line before any byte of it
+is written. ``parse_record`` gives segments; the tokenizer's ``encode`` (the pure-Python reference)
+or the C++ builder turns segments into ids with the same rule.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from megatron_speech.data.corpus import CorpusError, text_field
+from megatron_speech.tokenizer import AudioSegment, Segment, SpeechTextTokenizer, TextSegment
+
+LAYOUTS = ("text", "speech", "asr", "tts", "interleaved")
+SPEECH_FIELD = "speech_tokens"  # contract 2: the speech tokenizer's codebook indices
+
+
+def _codes(value: object, codebook_size: int, path, number: int, where: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in value):
+        raise CorpusError(path, number, f"{where} must be a list of integers")
+    bad = next((c for c in value if not 0 <= c < codebook_size), None)
+    if bad is not None:
+        raise CorpusError(path, number, f"audio id {bad} in {where} is outside the speech vocabulary [0, {codebook_size})")
+    return tuple(value)
+
+
+def _speech(record: dict, codebook_size: int, path, number: int) -> AudioSegment:
+    if SPEECH_FIELD not in record:
+        raise CorpusError(path, number, f"missing field {SPEECH_FIELD!r}")
+    codes = _codes(record[SPEECH_FIELD], codebook_size, path, number, SPEECH_FIELD)
+    if not codes:
+        raise CorpusError(path, number, "empty document (no speech tokens)")
+    return AudioSegment(codes)
+
+
+def _interleaved(record: dict, codebook_size: int, path, number: int) -> list[Segment]:
+    segments = record.get("segments")
+    if not isinstance(segments, list) or not segments:
+        raise CorpusError(path, number, "missing or empty field 'segments'")
+    out: list[Segment] = []
+    for i, seg in enumerate(segments):
+        if isinstance(seg, dict) and isinstance(seg.get("text"), str) and len(seg) == 1:
+            out.append(TextSegment(seg["text"]))
+        elif isinstance(seg, dict) and "audio" in seg and len(seg) == 1:
+            out.append(AudioSegment(_codes(seg["audio"], codebook_size, path, number, f"segments[{i}].audio")))
+        else:
+            raise CorpusError(path, number, f"segments[{i}] is neither {{'text': str}} nor {{'audio': [ids]}}")
+    if not any(isinstance(s, AudioSegment) or s.text.strip() for s in out):
+        raise CorpusError(path, number, "empty document")
+    return out
+
+
+def parse_record(
+    layout: str, record: object, codebook_size: int, path: Path | str, number: int, field: str = "text"
+) -> list[Segment]:
+    """The record's segments in its layout; raises ``CorpusError`` naming file and line."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+    if isinstance(record, CorpusError):
+        raise record
+    if not isinstance(record, dict):
+        raise CorpusError(path, number, f"record is {type(record).__name__}, not an object")
+    if layout == "text":
+        return [TextSegment(text_field(record, field, path, number))]
+    if layout == "speech":
+        return [_speech(record, codebook_size, path, number)]
+    if layout == "asr":
+        return [_speech(record, codebook_size, path, number), TextSegment(text_field(record, field, path, number))]
+    if layout == "tts":
+        return [TextSegment(text_field(record, field, path, number)), _speech(record, codebook_size, path, number)]
+    return _interleaved(record, codebook_size, path, number)
+
+
+def layout_ids(tokenizer: SpeechTextTokenizer, segments: list[Segment]) -> list[int]:
+    """Reference layout in pure Python: segment ids, then end-of-document."""
+    return [*tokenizer.encode(segments), tokenizer.eod]
