@@ -18,6 +18,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -39,6 +40,8 @@ size_t itemsize(int dtype_code) {
   throw std::invalid_argument("dtype code must be 8 (uint16) or 4 (int32), got " +
                               std::to_string(dtype_code));
 }
+
+bool audio_range_overflows(int64_t vocab_size) { return vocab_size > INT32_MAX; }
 
 FILE* open_or_throw(const std::string& path, const char* mode) {
   FILE* file = std::fopen(path.c_str(), mode);
@@ -91,7 +94,8 @@ IndexedBuilder::IndexedBuilder(const std::string& bin_path, int dtype_code, int6
     throw std::invalid_argument("a vocabulary of " + std::to_string(vocab_size) +
                                 " ids does not fit uint16");
   }
-  buffer_.reserve(kBufferBytes);
+  if (audio_range_overflows(vocab_size)) throw std::invalid_argument("vocabulary exceeds int32");
+  buffer_.resize(kBufferBytes);
   file_ = open_or_throw(bin_path, "wb");
 }
 
@@ -99,25 +103,51 @@ IndexedBuilder::~IndexedBuilder() {
   if (file_ != nullptr) std::fclose(file_);
 }
 
+template <typename T>
+bool IndexedBuilder::copy_block(const int32_t* src, int64_t n, int64_t offset, int64_t lo, int64_t hi) {
+  T* dst = reinterpret_cast<T*>(buffer_.data() + used_);
+  bool bad = false;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t v = src[i];
+    bad |= (v < lo) | (v >= hi);
+    dst[i] = static_cast<T>(v + offset);
+  }
+  return !bad;
+}
+
+void IndexedBuilder::put_many(const int32_t* src, int64_t n, int64_t offset, int64_t lo, int64_t hi,
+                              const char* what) {
+  const size_t size = itemsize(dtype_code_);
+  const int64_t block_tokens = static_cast<int64_t>(kBufferBytes / size);
+  for (int64_t done = 0; done < n;) {
+    const int64_t block = std::min(block_tokens, n - done);
+    if (used_ + block * size > buffer_.size()) flush();
+    const bool ok = dtype_code_ == kDtypeUint16
+                        ? copy_block<uint16_t>(src + done, block, offset, lo, hi)
+                        : copy_block<int32_t>(src + done, block, offset, lo, hi);
+    if (!ok) {
+      for (int64_t i = done; i < done + block; ++i) {
+        if (src[i] < lo || src[i] >= hi) {
+          throw std::out_of_range(std::string(what) + " " + std::to_string(src[i]) + " outside [" +
+                                  std::to_string(lo) + ", " + std::to_string(hi) + ") in document " +
+                                  std::to_string(lengths_.size()));
+        }
+      }
+    }
+    used_ += block * size;
+    done += block;
+  }
+}
+
 void IndexedBuilder::put(int64_t id) {
-  if (id < 0 || id >= vocab_size_) {
-    throw std::out_of_range("token id " + std::to_string(id) + " outside the vocabulary [0, " +
-                            std::to_string(vocab_size_) + ") in document " +
-                            std::to_string(lengths_.size()));
-  }
-  if (dtype_code_ == kDtypeUint16) {
-    const uint16_t v = static_cast<uint16_t>(id);
-    buffer_.append(reinterpret_cast<const char*>(&v), sizeof(v));
-  } else {
-    const int32_t v = static_cast<int32_t>(id);
-    buffer_.append(reinterpret_cast<const char*>(&v), sizeof(v));
-  }
-  if (buffer_.size() >= kBufferBytes) flush();
+  const int32_t value = static_cast<int32_t>(id);
+  if (id != value) throw std::out_of_range("token id " + std::to_string(id) + " does not fit int32");
+  put_many(&value, 1, 0, 0, vocab_size_, "token id");
 }
 
 void IndexedBuilder::flush() {
-  write_or_throw(file_, buffer_.data(), buffer_.size(), bin_path_);
-  buffer_.clear();
+  write_or_throw(file_, buffer_.data(), used_, bin_path_);
+  used_ = 0;
 }
 
 void IndexedBuilder::end_document(int64_t length) {
@@ -136,20 +166,13 @@ void IndexedBuilder::add_segments(const SegmentBatch& batch) {
     for (; segment < end; ++segment) {
       const int64_t n = batch.segment_lengths[segment];
       if (batch.segment_kinds[segment] == 0) {
-        for (int64_t i = 0; i < n; ++i) put(batch.text_tokens[text_pos + i]);
+        put_many(batch.text_tokens + text_pos, n, 0, 0, vocab_size_, "token id");
         text_pos += n;
         length += n;
       } else {
         put(batch.boa);
-        for (int64_t i = 0; i < n; ++i) {
-          const int64_t code = batch.audio_codes[audio_pos + i];
-          if (code < 0 || code >= batch.codebook_size) {
-            throw std::out_of_range("audio code " + std::to_string(code) +
-                                    " outside the codebook in document " +
-                                    std::to_string(lengths_.size()));
-          }
-          put(batch.audio_offset + code);
-        }
+        put_many(batch.audio_codes + audio_pos, n, batch.audio_offset, 0, batch.codebook_size,
+                 "audio code");
         put(batch.eoa);
         audio_pos += n;
         length += n + 2;

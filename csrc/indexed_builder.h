@@ -39,6 +39,10 @@ class IndexedBuilder {
 
  private:
   void put(int64_t id);
+  // Appends src[i] + offset for n ids, each src[i] checked to lie in [lo, hi).
+  void put_many(const int32_t* src, int64_t n, int64_t offset, int64_t lo, int64_t hi, const char* what);
+  template <typename T>
+  bool copy_block(const int32_t* src, int64_t n, int64_t offset, int64_t lo, int64_t hi);
   void flush();
   void end_document(int64_t length);
 
@@ -46,7 +50,8 @@ class IndexedBuilder {
   int dtype_code_;
   int64_t vocab_size_;
   FILE* file_ = nullptr;
-  std::string buffer_;
+  std::vector<char> buffer_;
+  size_t used_ = 0;
   std::vector<int32_t> lengths_;
   std::vector<int64_t> document_indices_;
   int64_t num_tokens_ = 0;

@@ -54,7 +54,7 @@ def test_cpp_builder_matches_megatron_builder_bytes(tmp_path, dtype, code, vocab
 
 
 def test_cpp_builder_rejects_ids_outside_the_vocabulary(tmp_path):
-    with pytest.raises(IndexError, match="token id 70 outside the vocabulary"):
+    with pytest.raises(IndexError, match=r"token id 70 outside \[0, 70\) in document 0"):
         _cpp_build(tmp_path / "x", [np.array([1, 70])], 8, 70)
     with pytest.raises(ValueError, match="does not fit uint16"):
         _C.IndexedBuilder(str(tmp_path / "y.bin"), 8, 70_000)

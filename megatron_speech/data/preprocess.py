@@ -212,6 +212,8 @@ _worker_tokenizer: SpeechTextTokenizer | None = None
 
 def _init_worker(tokenizer_dir: str) -> None:
     global _worker_tokenizer
+    # Workers are the parallelism; the Rust tokenizer's own threads would oversubscribe the cores.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _worker_tokenizer = SpeechTextTokenizer.load(tokenizer_dir)
 
 
