@@ -51,6 +51,16 @@ def audio_token(code: int) -> str:
     return f"<|audio_{code}|>"
 
 
+def _in_range(values, limit: int, what: str, where: str) -> np.ndarray:
+    """``values`` as int64, or a ValueError naming the first one outside [0, limit)."""
+    values = np.asarray(values, dtype=np.int64)
+    bad = (values < 0) | (values >= limit)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{what} {int(values[first])} at position {first} is outside {where} [0, {limit})")
+    return values
+
+
 def normalize_segments(segments: list[Segment]) -> list[Segment]:
     """The form a round trip returns: no empty text segments, adjacent text segments joined."""
     out: list[Segment] = []
@@ -186,26 +196,10 @@ class SpeechTextTokenizer(MegatronTokenizerBase):
 
     def audio_ids(self, codes) -> np.ndarray:
         """Codebook indices → LM ids; rejects codes outside the codebook."""
-        codes = np.asarray(codes, dtype=np.int64)
-        bad = (codes < 0) | (codes >= self.codebook_size)
-        if bad.any():
-            first = int(np.flatnonzero(bad)[0])
-            raise ValueError(
-                f"audio code {int(codes[first])} at position {first} is outside the codebook "
-                f"[0, {self.codebook_size})"
-            )
-        return codes + self.audio_offset
+        return _in_range(codes, self.codebook_size, "audio code", "the codebook") + self.audio_offset
 
     def check_ids(self, ids) -> np.ndarray:
-        ids = np.asarray(ids, dtype=np.int64)
-        bad = (ids < 0) | (ids >= self.vocab_size)
-        if bad.any():
-            first = int(np.flatnonzero(bad)[0])
-            raise ValueError(
-                f"token id {int(ids[first])} at position {first} is outside the vocabulary "
-                f"[0, {self.vocab_size})"
-            )
-        return ids
+        return _in_range(ids, self.vocab_size, "token id", "the vocabulary")
 
     # ---- text and interleaved sequences ----------------------------------------------------
 
