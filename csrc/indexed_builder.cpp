@@ -41,8 +41,6 @@ size_t itemsize(int dtype_code) {
                               std::to_string(dtype_code));
 }
 
-bool audio_range_overflows(int64_t vocab_size) { return vocab_size > INT32_MAX; }
-
 FILE* open_or_throw(const std::string& path, const char* mode) {
   FILE* file = std::fopen(path.c_str(), mode);
   if (file == nullptr) {
@@ -88,13 +86,14 @@ void write_index(const std::string& idx_path, int dtype_code, const std::vector<
 }
 
 IndexedBuilder::IndexedBuilder(const std::string& bin_path, int dtype_code, int64_t vocab_size)
-    : bin_path_(bin_path), dtype_code_((itemsize(dtype_code), dtype_code)),
+    : bin_path_(bin_path), dtype_code_(dtype_code),
       vocab_size_(vocab_size), document_indices_{0} {
   if (dtype_code == kDtypeUint16 && vocab_size > 65536) {
     throw std::invalid_argument("a vocabulary of " + std::to_string(vocab_size) +
                                 " ids does not fit uint16");
   }
-  if (audio_range_overflows(vocab_size)) throw std::invalid_argument("vocabulary exceeds int32");
+  itemsize(dtype_code);  // throws on a dtype other than uint16/int32
+  if (vocab_size > INT32_MAX) throw std::invalid_argument("vocabulary exceeds int32");
   buffer_.resize(kBufferBytes);
   file_ = open_or_throw(bin_path, "wb");
 }
