@@ -31,6 +31,9 @@ setup(
         "pyyaml>=6",
         "tqdm>=4.66",
         "pyarrow>=15",
+        "psutil>=5.9",  # megatron-core's checkpoint writer needs it and hangs without it
+        "safetensors>=0.4",
+        "transformers>=4.45",  # only to load converted checkpoints and as a benchmark baseline
     ],
     extras_require={
         "gpu": ["transformer-engine[pytorch]>=2.0"],  # apex is built from source on clusters

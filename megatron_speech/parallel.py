@@ -70,3 +70,10 @@ def is_last_stage() -> bool:
     from megatron.core import parallel_state
 
     return parallel_state.is_pipeline_last_stage(ignore_virtual=True)
+
+
+def collective_device() -> torch.device:
+    """Where a tensor must live for a collective: NCCL takes CUDA tensors only, gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from megatron_speech.data.default_corpus import default_documents
+from megatron_speech.data.preprocess import PreprocessConfig, preprocess
 from megatron_speech.tokenizer import SpeechTextTokenizer
 from megatron_speech.tokenizer.train_text_tokenizer import train_bpe
 
@@ -29,3 +30,28 @@ def write_jsonl(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory, text_tokenizer_file):
+    """A tokenizer and 800 documents of the default corpus as indexed binaries."""
+    root = tmp_path_factory.mktemp("tiny")
+    tokenizer = SpeechTextTokenizer.from_text_tokenizer(text_tokenizer_file, codebook_size=64)
+    tokenizer.save(root / "tokenizer")
+    corpus = root / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in default_documents()[:800]))
+    preprocess(PreprocessConfig([str(corpus)], str(root / "data" / "text"), str(root / "tokenizer")))
+    return root, tokenizer
+
+
+def tiny_train_config(root: Path, **schedule) -> dict:
+    """A 2-layer model on ``prepared``'s data: seconds a run on CPU."""
+    return {
+        "tokenizer": str(root / "tokenizer"),
+        "data": {"sources": [{"prefix": str(root / "data" / "text")}], "seq_length": 64},
+        "model": {"num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "num_query_groups": 2,
+                  "ffn_hidden_size": 160, "max_sequence_length": 64},
+        "optim": {"lr": 3e-3, "warmup_steps": 5},
+        "schedule": {"steps": 30, "micro_batch_size": 4, "global_batch_size": 8, "log_interval": 10,
+                     "eval_interval": 0, **schedule},
+    }

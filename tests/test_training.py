@@ -4,43 +4,24 @@ import json
 
 import pytest
 
-from megatron_speech.data.default_corpus import default_documents
 from megatron_speech.data.indexed import read_metadata
-from megatron_speech.data.preprocess import PreprocessConfig, preprocess
 from megatron_speech.testing.multiprocess import run_processes
 from megatron_speech.tokenizer import SpeechTextTokenizer
 from megatron_speech.training.config import TrainConfig
 from megatron_speech.training.data import DataConfig, DataSource, check_sources
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory, text_tokenizer_file):
-    root = tmp_path_factory.mktemp("tiny")
-    tokenizer = SpeechTextTokenizer.from_text_tokenizer(text_tokenizer_file, codebook_size=64)
-    tokenizer.save(root / "tokenizer")
-    corpus = root / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in default_documents()[:800]))
-    preprocess(PreprocessConfig([str(corpus)], str(root / "data" / "text"), str(root / "tokenizer")))
-    return root, tokenizer
+from conftest import tiny_train_config
 
 
 def _config(root, **schedule) -> dict:
-    return {
-        "tokenizer": str(root / "tokenizer"),
-        "data": {"sources": [{"prefix": str(root / "data" / "text")}], "seq_length": 64},
-        "model": {"num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "num_query_groups": 2,
-                  "ffn_hidden_size": 160, "max_sequence_length": 64},
-        "optim": {"lr": 3e-3, "warmup_steps": 5},
-        "schedule": {"steps": 30, "micro_batch_size": 4, "global_batch_size": 8, "log_interval": 10,
-                     "eval_interval": 0, **schedule},
-    }
+    return tiny_train_config(root, **schedule)
 
 
 def train(values: dict) -> list[float]:
     from megatron_speech.parallel import shutdown
     from megatron_speech.training.loop import pretrain
 
-    losses = [r.loss for r in pretrain(TrainConfig.from_dict(values))]
+    outcome = pretrain(TrainConfig.from_dict(values))
+    losses = [outcome.results[step].loss for step in sorted(outcome.results)]
     shutdown()
     return losses
 

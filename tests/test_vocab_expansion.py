@@ -39,8 +39,8 @@ def test_expansion_keeps_text_logits(tp):
 
 @pytest.mark.parametrize(
     "vocab, tp, padded",
-    [(571, 1, 640), (571, 2, 768), (571, 4, 1024), (571, 8, 1024), (1024, 8, 1024), (1025, 8, 2048),
-     (151_665 + 16_384 + 7, 8, 168_960)],
+    [(571, 1, 640), (571, 2, 640), (571, 4, 640), (571, 8, 640), (1024, 8, 1024), (1025, 8, 1152),
+     (571, 3, 768), (151_665 + 16_384 + 7, 8, 168_064)],
 )
 def test_vocab_padding(vocab, tp, padded):
     assert pad_vocab_size(vocab, 128, tp) == padded

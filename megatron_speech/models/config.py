@@ -8,6 +8,7 @@ SwiGLU, grouped-query attention, no biases) and kernel-fusion switches chosen by
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,10 @@ import yaml
 
 from megatron_speech import backends
 from megatron_speech.parallel import ParallelConfig
+
+# The fields that fix the weights' shapes: checkpoints must agree on these to load.
+SHAPE_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size",
+                "tie_embeddings", "qkv_bias")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -32,10 +37,11 @@ class SpeechGPTConfig:
     rotary_base: int = 10000
     norm_epsilon: float = 1e-5
     tie_embeddings: bool = False
+    qkv_bias: bool = False  # Qwen2-style biases on the query/key/value projections
     init_method_std: float = 0.02
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
-    # Megatron pads the vocabulary to a multiple of this times the tensor-parallel size.
+    # The vocabulary is padded to a multiple of this (and of the tensor-parallel size).
     make_vocab_size_divisible_by: int = 128
     params_dtype: str = "float32"  # float32 | bfloat16 | float16
     fp8: str | None = None  # None | "hybrid" | "e4m3": needs Transformer Engine and Hopper
@@ -104,7 +110,7 @@ class SpeechGPTConfig:
             gated_linear_unit=True,
             activation_func=torch.nn.functional.silu,
             add_bias_linear=False,
-            add_qkv_bias=False,
+            add_qkv_bias=self.qkv_bias,
             init_method_std=self.init_method_std,
             hidden_dropout=self.hidden_dropout,
             attention_dropout=self.attention_dropout,
@@ -129,8 +135,14 @@ class SpeechGPTConfig:
 
 
 def pad_vocab_size(vocab_size: int, divisible_by: int, tensor_parallel_size: int) -> int:
-    """Megatron's rule: round up to a multiple of ``divisible_by * tensor_parallel_size``."""
+    """Round up to a multiple of ``lcm(divisible_by, tensor_parallel_size)``.
+
+    Megatron-LM pads to ``divisible_by * TP``, which gives each TP size its own embedding shape, so a
+    checkpoint saved at TP=2 would not load at TP=1. Any power-of-two TP up to ``divisible_by``
+    divides ``divisible_by``, so with this rule the padded size, and the checkpoint's tensor shapes,
+    are the same for every usual layout.
+    """
     if vocab_size <= 0:
         raise ValueError(f"vocab_size must be positive, got {vocab_size}")
-    multiple = divisible_by * tensor_parallel_size
+    multiple = math.lcm(divisible_by, tensor_parallel_size)
     return -(-vocab_size // multiple) * multiple

@@ -28,10 +28,9 @@ def layer_spec(config: SpeechGPTConfig):
 def _mask_padded_vocab(model, vocab_size: int) -> None:
     """Give padded vocabulary entries a logit of -inf, so they take no part in the softmax.
 
-    Megatron pads the vocabulary to a multiple of ``divisible_by * TP``, so the padding differs
-    between tensor-parallel sizes; left in the softmax, it would make the loss depend on the layout a
-    checkpoint was trained with. Masked, a checkpoint moves between TP sizes without changing its
-    loss, and generation can never sample a padding id.
+    The padding is an artefact of the layout (``pad_vocab_size``); left in the softmax, it would make
+    the loss depend on it. Masked, the loss is the same for every layout and padded size, and
+    generation can never sample a padding id.
     """
     from megatron.core import parallel_state
 

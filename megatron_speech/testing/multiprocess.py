@@ -46,7 +46,7 @@ def run_processes(fn: Callable[..., Any], world_size: int, *args: Any) -> list[A
                 _worker, args=(world_size, free_port(), out_dir, fn, args),
                 nprocs=world_size, start_method="spawn",
             )
-        except mp.ProcessRaisedException as exc:
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
             errors = sorted(Path(out_dir).glob("error*"))
             detail = errors[0].read_text() if errors else str(exc)
             raise RuntimeError(f"a worker process failed:\n{detail}") from None

@@ -34,6 +34,29 @@ class ScheduleConfig:
     eval_interval: int = 50
     eval_batches: int = 2
     seed: int = 1234
+    metrics_file: str | None = None  # rank 0 appends one JSON line a logged step
+
+
+@dataclass
+class CheckpointConfig:
+    """Where the run saves and resumes. A run with a checkpoint in ``dir`` always resumes from it."""
+
+    dir: str | None = None
+    save_interval: int = 0  # steps; 0 saves only at the end and on an exit signal
+    exit_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+
+
+@dataclass
+class InitConfig:
+    """Starting weights for a run that has no checkpoint yet (at most one of the two)."""
+
+    hf_checkpoint: str | None = None  # a Llama/Qwen2-style text LM; its vocabulary is expanded
+    megatron_checkpoint: str | None = None  # a checkpoint root, e.g. from convert_checkpoint.py
+    seed: int = 0  # for the new vocabulary rows
+
+    def __post_init__(self) -> None:
+        if self.hf_checkpoint and self.megatron_checkpoint:
+            raise ValueError("init: give hf_checkpoint or megatron_checkpoint, not both")
 
 
 @dataclass
@@ -44,6 +67,8 @@ class TrainConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    init: InitConfig = field(default_factory=InitConfig)
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -54,12 +79,18 @@ class TrainConfig:
             parallel=ParallelConfig(**values.get("parallel", {})),
             optim=OptimConfig(**values.get("optim", {})),
             schedule=ScheduleConfig(**values.get("schedule", {})),
+            checkpoint=CheckpointConfig(**values.get("checkpoint", {})),
+            init=InitConfig(**values.get("init", {})),
         )
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> "TrainConfig":
         with open(path) as f:
             values = yaml.safe_load(f)
+        mixture = (values.get("data") or {}).pop("mixture", None)
+        if mixture:  # a separate data-mixture file; keys given inline take precedence
+            with open(mixture) as f:  # paths in configs are relative to the working directory
+                values["data"] = {**yaml.safe_load(f), **values["data"]}
         for dotted, value in (overrides or {}).items():
             node = values
             *parents, leaf = dotted.split(".")

@@ -17,11 +17,26 @@ from megatron_speech.data.indexed import read_metadata
 from megatron_speech.tokenizer import SpeechTextTokenizer
 
 
+LOSS_POLICIES = ("all", "audio", "text")
+
+
 @dataclass
 class DataSource:
+    """One indexed dataset in the mixture.
+
+    ``loss`` picks the target positions that carry loss: ``all``; ``audio`` (audio codes and
+    ``<|end_of_audio|>``, e.g. the text-to-token model on TTS pairs, which must learn the speech and
+    where it stops, not the text it is given); or ``text`` (every target that is not audio, e.g. ASR).
+    """
+
     prefix: str
     weight: float = 1.0
     layout: str = "text"
+    loss: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSS_POLICIES:
+            raise ValueError(f"{self.prefix}: loss must be one of {LOSS_POLICIES}, got {self.loss!r}")
 
 
 @dataclass
@@ -84,19 +99,45 @@ def build_datasets(config: DataConfig, tokenizer: SpeechTextTokenizer, train_sam
     return train, valid
 
 
+def policy_mask(labels: np.ndarray, policy: str, tokenizer: SpeechTextTokenizer) -> np.ndarray:
+    """1 where a target token carries loss under ``policy`` (see ``DataSource``)."""
+    if policy == "all":
+        return np.ones(labels.shape, dtype=np.float32)
+    lo, hi = tokenizer.audio_offset, tokenizer.audio_offset + tokenizer.codebook_size
+    speech = ((labels >= lo) & (labels < hi)) | (labels == tokenizer.eoa)
+    if policy == "audio":
+        return speech.astype(np.float32)
+    return (~speech & (labels != tokenizer.boa)).astype(np.float32)
+
+
 def microbatches(
-    dataset, step: int, global_batch_size: int, micro_batch_size: int, dp_rank: int, dp_size: int
+    dataset,
+    step: int,
+    global_batch_size: int,
+    micro_batch_size: int,
+    dp_rank: int,
+    dp_size: int,
+    sources: list[DataSource] | None = None,
+    tokenizer: SpeechTextTokenizer | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """This data-parallel rank's microbatches of global batch ``step``.
 
     The global batch is samples ``[step * global_batch_size, (step + 1) * global_batch_size)``;
     rank r takes the r-th contiguous slice of it, so the ranks together see each sample once.
+    Each batch also names every sample's source (its index in ``sources``), for per-source losses,
+    and applies that source's loss policy to the loss mask.
     """
     per_rank = global_batch_size // dp_size
     first = step * global_batch_size + dp_rank * per_rank
     for start in range(first, first + per_rank, micro_batch_size):
         samples = [dataset[(start + j) % len(dataset)] for j in range(micro_batch_size)]
-        yield {
+        batch = {
             key: torch.from_numpy(np.stack([np.asarray(s[key]) for s in samples]))
             for key in ("tokens", "labels", "loss_mask", "position_ids")
         }
+        source_ids = [int(s.get("dataset_id", 0)) for s in samples]  # a one-source blend has no id
+        batch["source"] = torch.tensor(source_ids, dtype=torch.long)
+        if sources and any(src.loss != "all" for src in sources):
+            masks = [policy_mask(np.asarray(s["labels"]), sources[i].loss, tokenizer) for s, i in zip(samples, source_ids)]
+            batch["loss_mask"] = batch["loss_mask"] * torch.from_numpy(np.stack(masks))
+        yield batch

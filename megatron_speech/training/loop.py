@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from megatron_speech import backends, parallel as par
 from megatron_speech.models.gpt import build_model
 from megatron_speech.tokenizer import SpeechTextTokenizer
+from megatron_speech.training import checkpoint
 from megatron_speech.training.config import TrainConfig
 from megatron_speech.training.data import build_datasets, microbatches
+from megatron_speech.training.init import initialise, run_metadata
+from megatron_speech.training.preemption import ExitSignals
 from megatron_speech.training.step import StepResult, forward_backward, train_step
 
 logger = logging.getLogger(__name__)
@@ -24,6 +30,7 @@ class TrainingState:
     optimizer: object
     scheduler: object
     tokenizer: SpeechTextTokenizer
+    loaded: str  # where the weights came from, for the log
 
 
 def _wrap_ddp(model, config: TrainConfig):
@@ -85,12 +92,37 @@ def _optimizer(model_chunks: list, config: TrainConfig):
 
 
 def setup(config: TrainConfig) -> TrainingState:
+    """Model, optimizer and scheduler for this rank; weights from ``config.init`` or random.
+
+    Weights are loaded before the optimizer exists, so bf16 runs copy them into fp32 master weights.
+    """
     par.init_distributed(config.parallel, seed=config.schedule.seed)
     tokenizer = SpeechTextTokenizer.load(config.tokenizer)
     model = build_model(config.model, tokenizer.vocab_size, config.parallel)
+    resuming = config.checkpoint.dir and checkpoint.read_info(config.checkpoint.dir) is not None
+    loaded = "from checkpoint" if resuming else initialise(model, config, tokenizer)
     chunks = [_wrap_ddp(model, config)]
     optimizer, scheduler = _optimizer(chunks, config)
-    return TrainingState(chunks, optimizer, scheduler, tokenizer)
+    return TrainingState(chunks, optimizer, scheduler, tokenizer, loaded)
+
+
+def _resume(state: TrainingState, config: TrainConfig) -> int:
+    """The step to start at: after the newest checkpoint in ``checkpoint.dir``, else 0."""
+    if not config.checkpoint.dir:
+        return 0
+    info = checkpoint.read_info(config.checkpoint.dir)
+    if info is None:
+        return 0
+    checkpoint.check_compatible(info, run_metadata(config.model, state.tokenizer))
+    checkpoint.load(info, state.model_chunks, state.optimizer, state.scheduler)
+    state.loaded = f"resumed from {info.path} (saved with {info.metadata['layout']})"
+    return info.step
+
+
+def _save(state: TrainingState, config: TrainConfig, step: int) -> None:
+    path = checkpoint.save(config.checkpoint.dir, step, state.model_chunks, state.optimizer, state.scheduler,
+                           run_metadata(config.model, state.tokenizer))
+    _log_rank0(f"[checkpoint] saved step {step} to {path}")
 
 
 def _log_rank0(message: str) -> None:
@@ -98,11 +130,35 @@ def _log_rank0(message: str) -> None:
         print(message, flush=True)
 
 
-def pretrain(config: TrainConfig) -> list[StepResult]:
-    """Train for ``config.schedule.steps`` steps; returns each step's result (every rank)."""
+def _record(config: TrainConfig, record: dict) -> None:
+    if config.schedule.metrics_file and torch.distributed.get_rank() == 0:
+        with open(config.schedule.metrics_file, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _source_names(config: TrainConfig) -> list[str]:
+    return [Path(s.prefix).name for s in config.data.sources]
+
+
+def _format_sources(config: TrainConfig, losses: list[float | None]) -> str:
+    if len(losses) < 2:
+        return ""
+    parts = [f"{name} {loss:.3f}" for name, loss in zip(_source_names(config), losses) if loss is not None]
+    return " | " + " ".join(parts)
+
+
+@dataclass
+class TrainOutcome:
+    results: dict[int, StepResult]  # step number (1-based) -> result, for the steps this process ran
+    preempted: bool = False  # stopped by an exit signal after saving a checkpoint
+
+
+def pretrain(config: TrainConfig) -> TrainOutcome:
+    """Train (or resume) up to ``config.schedule.steps``; returns the steps run (every rank)."""
     from megatron.core import parallel_state
 
     state = setup(config)
+    start = _resume(state, config)
     s = config.schedule
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
@@ -119,51 +175,74 @@ def pretrain(config: TrainConfig) -> list[StepResult]:
     _log_rank0(
         f"[setup] backends: {backends.available().describe()} | world {torch.distributed.get_world_size()} "
         f"(TP {config.parallel.tensor_model_parallel_size}, PP {config.parallel.pipeline_model_parallel_size}, "
-        f"DP {dp_size}) | vocab {state.tokenizer.vocab_size} | train samples {len(train_ds)}"
+        f"DP {dp_size}) | vocab {state.tokenizer.vocab_size} | train samples {len(train_ds)} | "
+        f"weights: {state.loaded} | start step {start}"
     )
-    seq = config.data.seq_length
-    results: list[StepResult] = []
+    seq, sources = config.data.seq_length, config.data.sources
+    outcome = TrainOutcome(results={})
     window_tokens, window_start = 0, time.perf_counter()
-    for step in range(s.steps):
-        batches = microbatches(train_ds, step, s.global_batch_size, s.micro_batch_size, dp_rank, dp_size)
-        result = train_step(
-            state.model_chunks, state.optimizer, state.scheduler, batches, num_microbatches, seq, s.micro_batch_size
-        )
-        results.append(result)
-        window_tokens += s.global_batch_size * seq
-        if step == 0 or (step + 1) % s.log_interval == 0 or step + 1 == s.steps:
-            elapsed = time.perf_counter() - window_start
+    signals = ExitSignals(config.checkpoint.exit_signals) if config.checkpoint.dir else contextlib.nullcontext()
+    with signals:
+        for step in range(start, s.steps):
+            batches = microbatches(train_ds, step, s.global_batch_size, s.micro_batch_size, dp_rank, dp_size,
+                                   sources, state.tokenizer)
+            result = train_step(state.model_chunks, state.optimizer, state.scheduler, batches, num_microbatches,
+                                seq, s.micro_batch_size, num_sources=len(sources))
+            done = step + 1
+            outcome.results[done] = result
+            window_tokens += s.global_batch_size * seq
             lr = state.optimizer.param_groups[0]["lr"]
-            _log_rank0(
-                f"[train] step {step + 1}/{s.steps} loss {result.loss:.4f} lr {lr:.2e} "
-                f"grad_norm {result.grad_norm:.3f} tokens/s {window_tokens / elapsed:,.0f}"
-            )
-            window_tokens, window_start = 0, time.perf_counter()
-        if s.eval_interval and ((step + 1) % s.eval_interval == 0 or step + 1 == s.steps):
-            _log_rank0(f"[valid] step {step + 1} loss {evaluate(state, valid_ds, config, step):.4f}")
-    return results
+            _record(config, {"step": done, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
+                             "source_losses": dict(zip(_source_names(config), result.source_losses))})
+            if step == start or done % s.log_interval == 0 or done == s.steps:
+                elapsed = time.perf_counter() - window_start
+                _log_rank0(
+                    f"[train] step {done}/{s.steps} loss {result.loss:.4f} lr {lr:.2e} "
+                    f"grad_norm {result.grad_norm:.3f} tokens/s {window_tokens / elapsed:,.0f}"
+                    + _format_sources(config, result.source_losses)
+                )
+                window_tokens, window_start = 0, time.perf_counter()
+            if s.eval_interval and (done % s.eval_interval == 0 or done == s.steps):
+                valid = evaluate(state, valid_ds, config, step)
+                _log_rank0(f"[valid] step {done} loss {valid.loss:.4f}" + _format_sources(config, valid.source_losses))
+            if not config.checkpoint.dir:
+                continue
+            if signals.requested():
+                _save(state, config, done)
+                _log_rank0(f"[exit] {signals.received or 'signal on another rank'}: stopping after step {done}")
+                outcome.preempted = True
+                return outcome
+            interval = config.checkpoint.save_interval
+            if done == s.steps or (interval and done % interval == 0):
+                _save(state, config, done)
+    return outcome
 
 
-def evaluate(state: TrainingState, dataset, config: TrainConfig, step: int) -> float:
+def evaluate(state: TrainingState, dataset, config: TrainConfig, step: int) -> StepResult:
+    """Validation loss (token mean) and per-source losses over ``eval_batches`` global batches."""
     from megatron.core import parallel_state
 
     s = config.schedule
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
     num_microbatches = s.global_batch_size // (s.micro_batch_size * dp_size)
-    loss_sum, tokens = 0.0, 0
+    num_sources = len(config.data.sources)
+    sums = torch.zeros(1 + num_sources, 2, dtype=torch.float64)
     for chunk in state.model_chunks:
         chunk.eval()
     with torch.no_grad():
         for i in range(s.eval_batches):
             index = (step // max(s.eval_interval, 1)) * s.eval_batches + i
-            batches = microbatches(dataset, index, s.global_batch_size, s.micro_batch_size, dp_rank, dp_size)
-            r = forward_backward(
-                state.model_chunks, batches, num_microbatches, config.data.seq_length, s.micro_batch_size,
-                forward_only=True,
-            )
-            loss_sum += r.loss * r.num_tokens
-            tokens += r.num_tokens
+            batches = microbatches(dataset, index, s.global_batch_size, s.micro_batch_size, dp_rank, dp_size,
+                                   config.data.sources, state.tokenizer)
+            r = forward_backward(state.model_chunks, batches, num_microbatches, config.data.seq_length,
+                                 s.micro_batch_size, forward_only=True, num_sources=num_sources)
+            sums[0] += torch.tensor([r.loss * r.num_tokens, r.num_tokens])
+            for j, (loss, n) in enumerate(zip(r.source_losses, r.source_tokens)):
+                if n:
+                    sums[1 + j] += torch.tensor([loss * n, n])
     for chunk in state.model_chunks:
         chunk.train()
-    return loss_sum / max(tokens, 1)
+    (loss_sum, tokens), *per_source = sums.tolist()
+    return StepResult(loss=loss_sum / max(tokens, 1), num_tokens=int(tokens),
+                      source_losses=[total / n if n else None for total, n in per_source])

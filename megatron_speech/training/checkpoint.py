@@ -1,0 +1,212 @@
+"""Training checkpoints through ``megatron.core.dist_checkpointing``.
+
+Every rank writes its own shards of the model and optimizer into one directory a checkpoint, in
+Megatron's layout-independent format, so a run saved at TP=2 resumes at TP=1 (or another PP) with the
+same weights and optimizer moments. Beside the shards lies ``megatron_speech.json``: the step, the
+tokenizer and model shape the weights belong to, and the layout that wrote them. It is read first, so a
+foreign or broken checkpoint fails with a plain message before any training step.
+
+Layout under the checkpoint root::
+
+    iter_0000040/          one complete checkpoint (renamed into place when every rank is done)
+    latest                 the step of the newest complete checkpoint (replaced atomically)
+
+A crash while saving leaves only an ``iter_*.tmp`` directory, which is ignored and overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megatron_speech.models.config import SHAPE_FIELDS
+
+METADATA = "megatron_speech.json"
+LATEST = "latest"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: names the checkpoint and says why."""
+
+
+@dataclass
+class CheckpointInfo:
+    step: int
+    path: Path
+    metadata: dict[str, Any]
+
+
+def step_dir(root: str | Path, step: int) -> Path:
+    return Path(root) / f"iter_{step:07d}"
+
+
+def latest_step(root: str | Path) -> int | None:
+    marker = Path(root) / LATEST
+    if not marker.exists():
+        return None
+    text = marker.read_text().strip()
+    if not text.isdigit():
+        raise CheckpointError(f"{marker}: expected a step number, found {text[:40]!r}")
+    return int(text)
+
+
+def _layout() -> dict[str, int]:
+    from megatron.core import parallel_state as ps
+
+    return {
+        "tensor_model_parallel_size": ps.get_tensor_model_parallel_world_size(),
+        "pipeline_model_parallel_size": ps.get_pipeline_model_parallel_world_size(),
+        "data_parallel_size": ps.get_data_parallel_world_size(),
+    }
+
+
+def _rng_object(state: dict | None = None):
+    """This rank's RNG state as a ShardedObject, one per (pp, tp, dp) position."""
+    from megatron.core import parallel_state as ps
+    from megatron.core import tensor_parallel
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    if state is None:
+        state = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+        }
+    return ShardedObject(
+        "rng_state",
+        state,
+        (ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size(),
+         ps.get_data_parallel_world_size()),
+        (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank(),
+         ps.get_data_parallel_rank()),
+        replica_id=0,
+    )
+
+
+def _restore_rng(state: dict) -> None:
+    from megatron.core import tensor_parallel
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _model_key(i: int, n: int) -> str:
+    return f"model{i}" if n > 1 else "model"
+
+
+def _sharded_state(model_chunks: list, optimizer, scheduler, is_loading: bool, with_rng: bool) -> dict:
+    """What a checkpoint holds; without an optimizer, the weights alone."""
+    state: dict[str, Any] = {}
+    merged: dict[str, Any] = {}
+    for i, chunk in enumerate(model_chunks):
+        module = getattr(chunk, "module", chunk)  # unwrap DDP
+        state[_model_key(i, len(model_chunks))] = part = module.sharded_state_dict()
+        merged.update(part)
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(merged, is_loading=is_loading)
+        state["opt_param_scheduler"] = scheduler.state_dict()
+    if with_rng:
+        state["rng_state"] = _rng_object()
+    return state
+
+
+def save(root: str | Path, step: int, model_chunks: list, optimizer, scheduler, metadata: dict[str, Any]) -> Path:
+    """Write checkpoint ``step`` (all ranks call this) and point ``latest`` at it.
+
+    With ``optimizer=None`` the checkpoint holds weights only (conversion output, not resumable).
+    """
+    from megatron.core import dist_checkpointing
+
+    final, tmp = step_dir(root, step), Path(f"{step_dir(root, step)}.tmp")
+    if dist.get_rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    state = _sharded_state(model_chunks, optimizer, scheduler, is_loading=False, with_rng=optimizer is not None)
+    dist_checkpointing.save(state, str(tmp))
+    dist.barrier()
+    if dist.get_rank() == 0:
+        info = {"format_version": FORMAT_VERSION, "step": step, "layout": _layout(),
+                "weights_only": optimizer is None, **metadata}
+        (tmp / METADATA).write_text(json.dumps(info, indent=2, sort_keys=True))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        marker_tmp = Path(root) / f"{LATEST}.tmp"
+        marker_tmp.write_text(f"{step}\n")
+        os.replace(marker_tmp, Path(root) / LATEST)
+    dist.barrier()
+    return final
+
+
+def read_info(root: str | Path, step: int | None = None) -> CheckpointInfo | None:
+    """The newest (or given) complete checkpoint's metadata; None when the root has none yet."""
+    step = latest_step(root) if step is None else step
+    if step is None:
+        return None
+    path = step_dir(root, step)
+    meta_path = path / METADATA
+    try:
+        metadata = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not a complete checkpoint ({METADATA} is missing)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{meta_path}: corrupt metadata ({exc})") from None
+    if metadata.get("format_version") != FORMAT_VERSION or metadata.get("step") != step:
+        raise CheckpointError(f"{meta_path}: unexpected format_version/step {metadata!r:.200}")
+    return CheckpointInfo(step, path, metadata)
+
+
+def check_compatible(info: CheckpointInfo, expected: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose vocabulary or model shape differ from the run's."""
+    saved = info.metadata
+    if saved.get("vocab_size") != expected["vocab_size"]:
+        raise CheckpointError(
+            f"{info.path}: vocabulary mismatch: the checkpoint has {saved.get('vocab_size')} tokens "
+            f"(tokenizer {saved.get('tokenizer_fingerprint')}), the tokenizer has {expected['vocab_size']} "
+            f"({expected['tokenizer_fingerprint']})"
+        )
+    if saved.get("tokenizer_fingerprint") != expected["tokenizer_fingerprint"]:
+        raise CheckpointError(
+            f"{info.path}: tokenizer mismatch: checkpoint {saved.get('tokenizer_fingerprint')}, "
+            f"run {expected['tokenizer_fingerprint']}"
+        )
+    diff = {k: (saved["model"].get(k), expected["model"].get(k)) for k in SHAPE_FIELDS
+            if saved["model"].get(k) != expected["model"].get(k)}
+    if diff:
+        raise CheckpointError(f"{info.path}: model shape differs (checkpoint, run): {diff}")
+
+
+def load(info: CheckpointInfo, model_chunks: list, optimizer=None, scheduler=None) -> None:
+    """Load weights; with an optimizer also its moments, the LR schedule and (same layout) RNG state."""
+    from megatron.core import dist_checkpointing
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
+
+    if optimizer is not None and info.metadata.get("weights_only"):
+        raise CheckpointError(f"{info.path}: holds weights only; use it to initialise a run, not to resume one")
+    with_rng = optimizer is not None and info.metadata.get("layout") == _layout()
+    state = _sharded_state(model_chunks, optimizer, scheduler, is_loading=True, with_rng=with_rng)
+    try:
+        loaded = dist_checkpointing.load(state, str(info.path))
+    except (Exception, CheckpointException) as exc:  # many kinds; all mean "unreadable"
+        raise CheckpointError(f"{info.path}: cannot be loaded: {type(exc).__name__}: {exc}") from exc
+    for i, chunk in enumerate(model_chunks):
+        module = getattr(chunk, "module", chunk)
+        module.load_state_dict(loaded[_model_key(i, len(model_chunks))])
+    if optimizer is not None:
+        optimizer.load_state_dict(loaded["optimizer"])
+        scheduler.load_state_dict(loaded["opt_param_scheduler"])
+    if with_rng:
+        _restore_rng(loaded["rng_state"])

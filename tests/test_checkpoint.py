@@ -1,0 +1,142 @@
+"""Checkpoints: exact resume after an exit signal, resharding TP=2 -> TP=1, and refusing bad ones."""
+
+import json
+import shutil
+import signal
+
+import pytest
+from conftest import tiny_train_config
+
+from megatron_speech.testing.multiprocess import run_processes
+from megatron_speech.training import checkpoint
+from megatron_speech.training.config import TrainConfig
+
+STEPS = 8
+
+
+def train_job(values: dict, signal_after: int | None = None) -> dict:
+    """Train in this process; with ``signal_after``, rank 0 alone gets SIGTERM after that many steps."""
+    import torch.distributed as dist
+
+    from megatron_speech.parallel import shutdown
+    from megatron_speech.training import loop
+
+    if signal_after is not None:
+        real_step, calls = loop.train_step, []
+
+        def step_then_signal(*args, **kwargs):
+            result = real_step(*args, **kwargs)
+            calls.append(1)
+            if len(calls) == signal_after and dist.get_rank() == 0:
+                signal.raise_signal(signal.SIGTERM)
+            return result
+
+        loop.train_step = step_then_signal
+    outcome = loop.pretrain(TrainConfig.from_dict(values))
+    shutdown()
+    return {"losses": {step: r.loss for step, r in outcome.results.items()}, "preempted": outcome.preempted}
+
+
+def _config(root, ckpt, tp: int = 1, **schedule) -> dict:
+    values = tiny_train_config(root, **{"steps": STEPS, **schedule})
+    values["checkpoint"] = {"dir": str(ckpt)}
+    values["parallel"] = {"tensor_model_parallel_size": tp}
+    return values
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(prepared, tmp_path_factory):
+    root, _ = prepared
+    return run_processes(train_job, 2, _config(root, tmp_path_factory.mktemp("full")))[0]["losses"]
+
+
+def test_signal_saves_and_resume_continues_the_same_trajectory(prepared, tmp_path, uninterrupted):
+    root, _ = prepared
+    values = _config(root, tmp_path / "ckpt")
+    first = run_processes(train_job, 2, values, 3)
+    assert all(r["preempted"] for r in first)  # the signal reached rank 0 only; both stopped
+    assert sorted(first[0]["losses"]) == [1, 2, 3]
+    assert checkpoint.latest_step(tmp_path / "ckpt") == 3
+    second = run_processes(train_job, 2, values)[0]
+    assert sorted(second["losses"]) == list(range(4, STEPS + 1))
+    resumed = {**first[0]["losses"], **second["losses"]}
+    for step in range(1, STEPS + 1):
+        assert resumed[step] == pytest.approx(uninterrupted[step], abs=1e-5), step
+
+
+def test_tp2_checkpoint_resumes_at_tp1(prepared, tmp_path, uninterrupted):
+    root, _ = prepared
+    tp2 = _config(root, tmp_path / "ckpt", tp=2)
+    first = run_processes(train_job, 2, tp2, 4)[0]
+    tp1 = _config(root, tmp_path / "ckpt", tp=1)
+    second = run_processes(train_job, 1, tp1)[0]  # one process: TP=1, DP=1, same global batch
+    assert sorted(second["losses"]) == list(range(5, STEPS + 1))
+    resumed = {**first["losses"], **second["losses"]}
+    for step in range(1, STEPS + 1):
+        assert resumed[step] == pytest.approx(uninterrupted[step], abs=1e-4), step
+
+
+@pytest.fixture(scope="module")
+def saved(prepared, tmp_path_factory):
+    root, _ = prepared
+    ckpt = tmp_path_factory.mktemp("saved")
+    run_processes(train_job, 1, _config(root, ckpt, steps=2))
+    return ckpt
+
+
+def _resume_error(prepared, ckpt, **changes) -> str:
+    root, _ = prepared
+    values = _config(root, ckpt, steps=4)
+    for section, fields in changes.items():
+        values[section].update(fields)
+    with pytest.raises(RuntimeError) as info:
+        run_processes(train_job, 1, values)
+    assert "[train] step" not in str(info.value)
+    return str(info.value)
+
+
+def test_vocab_mismatch_is_refused(prepared, saved, tmp_path, text_tokenizer_file):
+    from megatron_speech.tokenizer import SpeechTextTokenizer
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(saved, ckpt)
+    other = tmp_path / "tokenizer"
+    SpeechTextTokenizer.from_text_tokenizer(text_tokenizer_file, codebook_size=32).save(other)
+    root, _ = prepared
+    values = _config(root, ckpt, steps=4)
+    values["tokenizer"] = str(other)
+    values["data"]["sources"] = []  # the checkpoint check must come before any data is read
+    with pytest.raises(RuntimeError, match="vocabulary mismatch") as info:
+        run_processes(train_job, 1, values)
+    assert "iter_0000002" in str(info.value)
+
+
+def test_model_shape_mismatch_is_refused(prepared, saved, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(saved, ckpt)
+    assert "model shape differs" in _resume_error(prepared, ckpt, model={"hidden_size": 32})
+
+
+def test_corrupt_checkpoint_is_refused(prepared, saved, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(saved, ckpt)
+    shard = max((ckpt / "iter_0000002").glob("*.distcp"), key=lambda p: p.stat().st_size)
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    message = _resume_error(prepared, ckpt)
+    assert "iter_0000002: cannot be loaded" in message
+
+
+def test_corrupt_metadata_is_refused(prepared, saved, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(saved, ckpt)
+    (ckpt / "iter_0000002" / checkpoint.METADATA).write_text("{not json")
+    assert "corrupt metadata" in _resume_error(prepared, ckpt)
+
+
+def test_metadata_records_step_layout_and_vocabulary(saved, prepared):
+    _, tokenizer = prepared
+    info = json.loads((saved / "iter_0000002" / checkpoint.METADATA).read_text())
+    assert info["step"] == 2 and info["vocab_size"] == tokenizer.vocab_size
+    assert info["layout"] == {"tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1,
+                              "data_parallel_size": 1}
+    assert not list(saved.glob("*.tmp"))
