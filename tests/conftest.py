@@ -55,3 +55,27 @@ def tiny_train_config(root: Path, **schedule) -> dict:
         "schedule": {"steps": 30, "micro_batch_size": 4, "global_batch_size": 8, "log_interval": 10,
                      "eval_interval": 0, **schedule},
     }
+
+
+@pytest.fixture(scope="session")
+def blend(prepared):
+    """``prepared`` plus TTS and interleaved sets with random speech codes: a three-source mixture."""
+    import numpy as np
+
+    root, tokenizer = prepared
+    rng = np.random.default_rng(0)
+    docs = default_documents()[800:1400]
+    codes = lambda n: rng.integers(0, tokenizer.codebook_size, n).tolist()  # noqa: E731
+    sets = {
+        "tts": [{"text": d[:60], "speech_tokens": codes(40)} for d in docs],
+        "interleaved": [{"segments": [{"text": d[:80]}, {"audio": codes(30)}, {"text": d[80:200]}]} for d in docs],
+    }
+    for layout, records in sets.items():
+        path = root / f"{layout}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        preprocess(PreprocessConfig([str(path)], str(root / "data" / layout), str(root / "tokenizer"), layout=layout))
+    return root, tokenizer, [
+        {"prefix": str(root / "data" / "text"), "weight": 0.5, "layout": "text"},
+        {"prefix": str(root / "data" / "tts"), "weight": 0.2, "layout": "tts", "loss": "audio"},
+        {"prefix": str(root / "data" / "interleaved"), "weight": 0.3, "layout": "interleaved"},
+    ]

@@ -2,15 +2,20 @@
 
     torchrun --nproc-per-node 2 tools/pretrain.py --config examples/tiny/pretrain.yaml \
         --set schedule.steps=50
+
+Exits with 75 when an exit signal (SIGTERM, SIGUSR1) stopped it after saving a checkpoint.
 """
 
 import argparse
+import sys
 
 import yaml
 
 from megatron_speech.parallel import shutdown
 from megatron_speech.training.config import TrainConfig
 from megatron_speech.training.loop import pretrain
+from megatron_speech.training.preemption import PREEMPTED_EXIT_CODE
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -24,8 +29,10 @@ def main() -> None:
         if not sep:
             parser.error(f"--set needs KEY=VALUE, got {item!r}")
         overrides[key] = yaml.safe_load(value)
-    pretrain(TrainConfig.from_yaml(args.config, overrides))
+    outcome = pretrain(TrainConfig.from_yaml(args.config, overrides))
     shutdown()
+    if outcome.preempted:  # checkpoint saved; the launcher requeues the job
+        sys.exit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -209,7 +209,8 @@ def pretrain(config: TrainConfig) -> TrainOutcome:
                 continue
             if signals.requested():
                 _save(state, config, done)
-                _log_rank0(f"[exit] {signals.received or 'signal on another rank'}: stopping after step {done}")
+                received = signals.received.name if signals.received else "a signal on another rank"
+                _log_rank0(f"[exit] {received}: stopping after step {done}")
                 outcome.preempted = True
                 return outcome
             interval = config.checkpoint.save_interval

@@ -1,0 +1,138 @@
+"""A one-node Slurm cluster in a scratch directory, so tests run the real sbatch scripts.
+
+Everything is private to the directory: its own munge key and socket, its own ports, state and
+spool, so it runs beside (or without) a system Slurm. Needs Debian's ``slurm-wlm`` and ``munge``
+(installed by ``scripts/setup.sh``) and root, as the daemons run as the current user.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from megatron_speech.testing.multiprocess import free_port
+
+DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "mungekey")
+
+
+def _wait(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.25)
+    raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+class LocalSlurmCluster:
+    def __init__(self, root: str | Path, cpus: int | None = None) -> None:
+        missing = [d for d in DAEMONS if shutil.which(d) is None and not Path("/usr/sbin", d).exists()]
+        if missing:
+            raise RuntimeError(f"Slurm/munge programs not found: {missing}; run scripts/setup.sh")
+        self.root = Path(root)
+        self.cpus = cpus or os.cpu_count() or 1
+        self.host = socket.gethostname()
+        self.env = {**os.environ, "SLURM_CONF": str(self.root / "slurm.conf")}
+
+    def _path(self, name: str) -> str:
+        return str(self.root / name)
+
+    def _write_config(self) -> None:
+        config = {
+            "ClusterName": "megatronspeech",
+            "SlurmctldHost": self.host,
+            "SlurmUser": "root",
+            "SlurmdUser": "root",
+            "AuthType": "auth/munge",
+            "AuthInfo": f"socket={self._path('munge/munge.socket')}",
+            "CredType": "cred/munge",
+            "SlurmctldPort": free_port(),
+            "SlurmdPort": free_port(),
+            "StateSaveLocation": self._path("state"),
+            "SlurmdSpoolDir": self._path("spool"),
+            "SlurmctldPidFile": self._path("slurmctld.pid"),
+            "SlurmdPidFile": self._path("slurmd.pid"),
+            "SlurmctldLogFile": self._path("log/slurmctld.log"),
+            "SlurmdLogFile": self._path("log/slurmd.log"),
+            "ProctrackType": "proctrack/linuxproc",
+            "TaskPlugin": "task/none",
+            "SelectType": "select/cons_tres",
+            "SelectTypeParameters": "CR_CPU",
+            "MpiDefault": "none",
+            "ReturnToService": 2,
+            "JobRequeue": 1,
+            "AccountingStorageType": "accounting_storage/none",
+            "JobCompType": "jobcomp/none",
+        }
+        lines = [f"{k}={v}" for k, v in config.items()]
+        lines.append(f"NodeName={self.host} CPUs={self.cpus} State=UNKNOWN")
+        lines.append("PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP")
+        (self.root / "slurm.conf").write_text("\n".join(lines) + "\n")
+
+    def start(self) -> "LocalSlurmCluster":
+        for sub in ("munge", "state", "spool", "log"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        key = self.root / "munge" / "munge.key"
+        subprocess.run(["mungekey", "--create", "--force", f"--keyfile={key}"], check=True)
+        key.chmod(0o600)
+        subprocess.run(
+            ["munged", f"--socket={self._path('munge/munge.socket')}", f"--key-file={key}",
+             f"--pid-file={self._path('munge/munged.pid')}", f"--log-file={self._path('munge/munged.log')}",
+             f"--seed-file={self._path('munge/seed')}", "--force"],
+            check=True,
+        )
+        self._write_config()
+        conf = self._path("slurm.conf")
+        subprocess.run(["slurmctld", "-f", conf], check=True, env=self.env)
+        subprocess.run(["slurmd", "-f", conf], check=True, env=self.env)
+        _wait(lambda: "idle" in self.run("sinfo", "-h", "-o", "%T", check=False), 60, "the node to be idle")
+        return self
+
+    def run(self, *args: str, check: bool = True) -> str:
+        result = subprocess.run(args, capture_output=True, text=True, env=self.env)
+        if check and result.returncode:
+            raise RuntimeError(f"{' '.join(args)} failed: {result.stderr.strip()}")
+        return result.stdout.strip()
+
+    def submit(self, script: str | Path, *args: str, cwd: str | Path, options: tuple[str, ...] = (),
+               env: dict | None = None) -> int:
+        """``sbatch [options] script [args]`` from ``cwd``; returns the job id."""
+        result = subprocess.run(["sbatch", "--parsable", *options, str(script), *args], capture_output=True,
+                                text=True, cwd=cwd, env={**self.env, **(env or {})})
+        if result.returncode:
+            raise RuntimeError(f"sbatch {script} failed: {result.stderr.strip()}")
+        return int(result.stdout.strip().split(";")[0])
+
+    def job_field(self, job_id: int, field: str) -> str:
+        """A field of ``scontrol show job`` (e.g. JobState, Restarts), or '' once the job is gone."""
+        out = self.run("scontrol", "show", "job", str(job_id), check=False)
+        for token in out.split():
+            key, _, value = token.partition("=")
+            if key == field:
+                return value
+        return ""
+
+    def release_requeued(self, job_id: int) -> None:
+        """Slurm holds a requeued batch job for about two minutes; start it now instead."""
+        self.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+
+    def stop(self) -> None:
+        self.run("scancel", "--user=root", check=False)
+        for pid_file in ("slurmd.pid", "slurmctld.pid", "munge/munged.pid"):
+            path = self.root / pid_file
+            if path.exists():
+                try:
+                    os.kill(int(path.read_text().strip()), signal.SIGTERM)
+                except (ProcessLookupError, ValueError):
+                    pass
+
+    def __enter__(self) -> "LocalSlurmCluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
