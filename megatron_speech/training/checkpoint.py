@@ -116,11 +116,28 @@ def _sharded_state(model_chunks: list, optimizer, scheduler, is_loading: bool, w
         state[_model_key(i, len(model_chunks))] = part = module.sharded_state_dict()
         merged.update(part)
     if optimizer is not None:
-        state["optimizer"] = optimizer.sharded_state_dict(merged, is_loading=is_loading)
+        # For the distributed optimizer: store its state per parameter, so any TP/PP/DP reloads it.
+        metadata = {"distrib_optim_sharding_type": "fully_reshardable"}
+        state["optimizer"] = optimizer.sharded_state_dict(merged, is_loading=is_loading, metadata=metadata)
         state["opt_param_scheduler"] = scheduler.state_dict()
     if with_rng:
         state["rng_state"] = _rng_object()
     return state
+
+
+def check_optimizer_supported(use_distributed_optimizer: bool) -> None:
+    """megatron-core 0.16 restores a distributed optimizer only with Apex's or TE's fused Adam.
+
+    On torch's Adam (machines without either), loading its state fails inside megatron-core (a
+    per-parameter ``step`` its loader does not expect), so refuse at setup, not at the first resume.
+    """
+    from megatron.core.optimizer.distrib_optimizer import HAVE_APEX_OR_TE
+
+    if use_distributed_optimizer and not HAVE_APEX_OR_TE:
+        raise CheckpointError(
+            "checkpointing the distributed optimizer needs Transformer Engine or Apex (megatron-core "
+            "cannot reload its state with torch's Adam); set optim.use_distributed_optimizer: false here"
+        )
 
 
 def save(root: str | Path, step: int, model_chunks: list, optimizer, scheduler, metadata: dict[str, Any]) -> Path:

@@ -33,7 +33,7 @@ class TrainingState:
     loaded: str  # where the weights came from, for the log
 
 
-def _wrap_ddp(model, config: TrainConfig):
+def wrap_ddp(model, config: TrainConfig):
     from megatron.core.distributed import (
         DistributedDataParallel,
         DistributedDataParallelConfig,
@@ -52,7 +52,7 @@ def _wrap_ddp(model, config: TrainConfig):
     return wrapped
 
 
-def _optimizer(model_chunks: list, config: TrainConfig):
+def build_optimizer(model_chunks: list, config: TrainConfig):
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
@@ -97,12 +97,14 @@ def setup(config: TrainConfig) -> TrainingState:
     Weights are loaded before the optimizer exists, so bf16 runs copy them into fp32 master weights.
     """
     par.init_distributed(config.parallel, seed=config.schedule.seed)
+    if config.checkpoint.dir:
+        checkpoint.check_optimizer_supported(config.optim.use_distributed_optimizer)
     tokenizer = SpeechTextTokenizer.load(config.tokenizer)
     model = build_model(config.model, tokenizer.vocab_size, config.parallel)
     resuming = config.checkpoint.dir and checkpoint.read_info(config.checkpoint.dir) is not None
     loaded = "from checkpoint" if resuming else initialise(model, config, tokenizer)
-    chunks = [_wrap_ddp(model, config)]
-    optimizer, scheduler = _optimizer(chunks, config)
+    chunks = [wrap_ddp(model, config)]
+    optimizer, scheduler = build_optimizer(chunks, config)
     return TrainingState(chunks, optimizer, scheduler, tokenizer, loaded)
 
 
