@@ -32,7 +32,8 @@ namespace {
 constexpr char kIndexHeader[9] = {'M', 'M', 'I', 'D', 'I', 'D', 'X', '\0', '\0'};
 constexpr int kDtypeInt32 = 4;
 constexpr int kDtypeUint16 = 8;
-constexpr size_t kBufferBytes = 8 << 20;
+constexpr size_t kBufferBytes = 512 << 10;  // small enough to stay in cache between the two threads
+constexpr int kNumBuffers = 4;  // filled ahead of the writer, so neither waits on the other's jitter
 
 size_t itemsize(int dtype_code) {
   if (dtype_code == kDtypeUint16) return 2;
@@ -56,6 +57,102 @@ void write_or_throw(FILE* file, const void* data, size_t bytes, const std::strin
 }
 
 }  // namespace
+
+BackgroundWriter::BackgroundWriter(const std::string& path, size_t buffer_bytes, int num_buffers)
+    : path_(path), buffers_(num_buffers, std::vector<char>(buffer_bytes)) {
+  file_ = open_or_throw(path, "wb");
+  std::setvbuf(file_, nullptr, _IONBF, 0);  // buffers are already large; no second copy
+  for (auto& buffer : buffers_) free_.push_back(&buffer);
+  free_count_ = num_buffers;
+  thread_ = std::thread(&BackgroundWriter::run, this);
+}
+
+BackgroundWriter::~BackgroundWriter() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    closing_ = true;
+  }
+  changed_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  if (file_ != nullptr) std::fclose(file_);
+}
+
+// A hand-off between the two threads happens every buffer (hundreds a second); sleeping on the
+// condition variable at each costs a futex wake-up, so first spin briefly for the other side.
+template <typename Ready>
+void spin_until(Ready ready) {
+  for (int i = 0; i < 20000 && !ready(); ++i) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+}
+
+void BackgroundWriter::run() {
+  for (;;) {
+    std::pair<std::vector<char>*, size_t> job;
+    spin_until([this] { return pending_count_.load(std::memory_order_acquire) > 0; });
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      changed_.wait(lock, [this] { return !pending_.empty() || closing_; });
+      if (pending_.empty()) return;  // closing, nothing left
+      job = pending_.front();
+      pending_.pop_front();
+      pending_count_.fetch_sub(1, std::memory_order_relaxed);
+    }
+    std::exception_ptr error;
+    try {
+      write_or_throw(file_, job.first->data(), job.second, path_);
+    } catch (...) {
+      error = std::current_exception();
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (error && !error_) error_ = error;
+      free_.push_back(job.first);
+      free_count_.fetch_add(1, std::memory_order_release);
+    }
+    changed_.notify_all();
+  }
+}
+
+void BackgroundWriter::rethrow_error() {
+  if (error_) std::rethrow_exception(error_);
+}
+
+std::vector<char>* BackgroundWriter::acquire() {
+  spin_until([this] { return free_count_.load(std::memory_order_acquire) > 0; });
+  std::unique_lock<std::mutex> lock(mutex_);
+  changed_.wait(lock, [this] { return !free_.empty() || error_; });
+  rethrow_error();
+  std::vector<char>* buffer = free_.front();
+  free_.pop_front();
+  free_count_.fetch_sub(1, std::memory_order_relaxed);
+  return buffer;
+}
+
+void BackgroundWriter::submit(std::vector<char>* buffer, size_t used) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    rethrow_error();
+    pending_.emplace_back(buffer, used);
+    pending_count_.fetch_add(1, std::memory_order_release);
+  }
+  changed_.notify_all();
+}
+
+void BackgroundWriter::close() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    closing_ = true;
+  }
+  changed_.notify_all();
+  thread_.join();
+  const int closed = std::fclose(file_);
+  file_ = nullptr;
+  rethrow_error();
+  if (closed != 0) throw std::runtime_error("closing " + path_ + " failed: " + std::strerror(errno));
+}
 
 void write_index(const std::string& idx_path, int dtype_code, const std::vector<int32_t>& lengths,
                  const std::vector<int64_t>& document_indices) {
@@ -94,58 +191,56 @@ IndexedBuilder::IndexedBuilder(const std::string& bin_path, int dtype_code, int6
   }
   itemsize(dtype_code);  // throws on a dtype other than uint16/int32
   if (vocab_size > INT32_MAX) throw std::invalid_argument("vocabulary exceeds int32");
-  buffer_.resize(kBufferBytes);
-  file_ = open_or_throw(bin_path, "wb");
+  writer_ = std::make_unique<BackgroundWriter>(bin_path, kBufferBytes, kNumBuffers);
+  buffer_ = writer_->acquire();
 }
 
-IndexedBuilder::~IndexedBuilder() {
-  if (file_ != nullptr) std::fclose(file_);
+IndexedBuilder::~IndexedBuilder() = default;
+
+template <typename T>
+void IndexedBuilder::append(const int32_t* src, int64_t n, int32_t offset, int32_t limit, const char* what) {
+  while (n > 0) {
+    const int64_t room = static_cast<int64_t>((buffer_->size() - used_) / sizeof(T));
+    if (room == 0) {
+      flush();
+      continue;
+    }
+    const int64_t k = std::min(n, room);
+    T* dst = reinterpret_cast<T*>(buffer_->data() + used_);
+    // One unsigned compare checks 0 <= v < limit; branch-free, so the loop vectorizes.
+    uint32_t bad = 0;
+    for (int64_t i = 0; i < k; ++i) {
+      const int32_t v = src[i];
+      bad |= static_cast<uint32_t>(static_cast<uint32_t>(v) >= static_cast<uint32_t>(limit));
+      dst[i] = static_cast<T>(v + offset);
+    }
+    if (bad) report_out_of_range(src, k, limit, what);
+    used_ += static_cast<size_t>(k) * sizeof(T);
+    src += k;
+    n -= k;
+  }
 }
 
 template <typename T>
-bool IndexedBuilder::copy_block(const int32_t* src, int64_t n, int64_t offset, int64_t lo, int64_t hi) {
-  T* dst = reinterpret_cast<T*>(buffer_.data() + used_);
-  bool bad = false;
+inline void IndexedBuilder::push(int32_t id) {
+  if (used_ + sizeof(T) > buffer_->size()) flush();
+  *reinterpret_cast<T*>(buffer_->data() + used_) = static_cast<T>(id);
+  used_ += sizeof(T);
+}
+
+void IndexedBuilder::report_out_of_range(const int32_t* src, int64_t n, int32_t limit, const char* what) const {
   for (int64_t i = 0; i < n; ++i) {
-    const int64_t v = src[i];
-    bad |= (v < lo) | (v >= hi);
-    dst[i] = static_cast<T>(v + offset);
-  }
-  return !bad;
-}
-
-void IndexedBuilder::put_many(const int32_t* src, int64_t n, int64_t offset, int64_t lo, int64_t hi,
-                              const char* what) {
-  const size_t size = itemsize(dtype_code_);
-  const int64_t block_tokens = static_cast<int64_t>(kBufferBytes / size);
-  for (int64_t done = 0; done < n;) {
-    const int64_t block = std::min(block_tokens, n - done);
-    if (used_ + block * size > buffer_.size()) flush();
-    const bool ok = dtype_code_ == kDtypeUint16
-                        ? copy_block<uint16_t>(src + done, block, offset, lo, hi)
-                        : copy_block<int32_t>(src + done, block, offset, lo, hi);
-    if (!ok) {
-      for (int64_t i = done; i < done + block; ++i) {
-        if (src[i] < lo || src[i] >= hi) {
-          throw std::out_of_range(std::string(what) + " " + std::to_string(src[i]) + " outside [" +
-                                  std::to_string(lo) + ", " + std::to_string(hi) + ") in document " +
-                                  std::to_string(lengths_.size()));
-        }
-      }
+    if (src[i] < 0 || src[i] >= limit) {
+      throw std::out_of_range(std::string(what) + " " + std::to_string(src[i]) + " outside [0, " +
+                              std::to_string(limit) + ") in document " + std::to_string(lengths_.size()));
     }
-    used_ += block * size;
-    done += block;
   }
-}
-
-void IndexedBuilder::put(int64_t id) {
-  const int32_t value = static_cast<int32_t>(id);
-  if (id != value) throw std::out_of_range("token id " + std::to_string(id) + " does not fit int32");
-  put_many(&value, 1, 0, 0, vocab_size_, "token id");
+  throw std::logic_error("range check flagged a block with no id out of range");
 }
 
 void IndexedBuilder::flush() {
-  write_or_throw(file_, buffer_.data(), used_, bin_path_);
+  writer_->submit(buffer_, used_);
+  buffer_ = writer_->acquire();
   used_ = 0;
 }
 
@@ -157,7 +252,30 @@ void IndexedBuilder::end_document(int64_t length) {
 }
 
 void IndexedBuilder::add_segments(const SegmentBatch& batch) {
-  if (file_ == nullptr) throw std::logic_error("builder already finalized");
+  if (!writer_) throw std::logic_error("builder already finalized");
+  for (int64_t id : {batch.boa, batch.eoa, batch.eod}) {
+    if (id != -1 && (id < 0 || id >= vocab_size_)) {
+      throw std::out_of_range("special token id " + std::to_string(id) + " outside the vocabulary");
+    }
+  }
+  if (batch.audio_offset < 0 || batch.codebook_size < 0 ||
+      batch.audio_offset + batch.codebook_size > vocab_size_) {
+    throw std::out_of_range("audio ids [" + std::to_string(batch.audio_offset) + ", +" +
+                            std::to_string(batch.codebook_size) + ") exceed the vocabulary");
+  }
+  if (dtype_code_ == kDtypeUint16) {
+    add_segments_as<uint16_t>(batch);
+  } else {
+    add_segments_as<int32_t>(batch);
+  }
+}
+
+template <typename T>
+void IndexedBuilder::add_segments_as(const SegmentBatch& batch) {
+  const auto vocab = static_cast<int32_t>(vocab_size_), codebook = static_cast<int32_t>(batch.codebook_size);
+  const auto offset = static_cast<int32_t>(batch.audio_offset);
+  const int32_t boa = static_cast<int32_t>(batch.boa), eoa = static_cast<int32_t>(batch.eoa),
+                eod = static_cast<int32_t>(batch.eod);
   int64_t text_pos = 0, audio_pos = 0, segment = 0;
   for (int64_t doc = 0; doc < batch.num_documents; ++doc) {
     int64_t length = 0;
@@ -165,20 +283,19 @@ void IndexedBuilder::add_segments(const SegmentBatch& batch) {
     for (; segment < end; ++segment) {
       const int64_t n = batch.segment_lengths[segment];
       if (batch.segment_kinds[segment] == 0) {
-        put_many(batch.text_tokens + text_pos, n, 0, 0, vocab_size_, "token id");
+        append<T>(batch.text_tokens + text_pos, n, 0, vocab, "token id");
         text_pos += n;
         length += n;
       } else {
-        put(batch.boa);
-        put_many(batch.audio_codes + audio_pos, n, batch.audio_offset, 0, batch.codebook_size,
-                 "audio code");
-        put(batch.eoa);
+        push<T>(boa);
+        append<T>(batch.audio_codes + audio_pos, n, offset, codebook, "audio code");
+        push<T>(eoa);
         audio_pos += n;
         length += n + 2;
       }
     }
     if (batch.eod >= 0) {
-      put(batch.eod);
+      push<T>(eod);
       ++length;
     }
     end_document(length);
@@ -186,11 +303,11 @@ void IndexedBuilder::add_segments(const SegmentBatch& batch) {
 }
 
 void IndexedBuilder::finalize(const std::string& idx_path) {
-  if (file_ == nullptr) throw std::logic_error("builder already finalized");
-  flush();
-  const int closed = std::fclose(file_);
-  file_ = nullptr;
-  if (closed != 0) throw std::runtime_error("closing " + bin_path_ + " failed");
+  if (!writer_) throw std::logic_error("builder already finalized");
+  writer_->submit(buffer_, used_);
+  buffer_ = nullptr;
+  writer_->close();
+  writer_.reset();
   write_index(idx_path, dtype_code_, lengths_, document_indices_);
 }
 
