@@ -33,6 +33,7 @@ setup(
         "pyarrow>=15",
         "psutil>=5.9",  # megatron-core's checkpoint writer needs it and hangs without it
         "safetensors>=0.4",
+        "scipy>=1.10",  # resampling synthesized speech to 16 kHz
         "transformers>=4.45",  # only to load converted checkpoints and as a benchmark baseline
     ],
     extras_require={

@@ -1,0 +1,220 @@
+"""A multi-speaker English speech corpus made on any machine, from offline text and Debian's TTS voices.
+
+The speech tokenizer needs transcribed speech from several speakers, and tests need it without a
+download. Text: the example sentences of WordNet 3.0 (Debian ``wordnet-base``; WordNet licence,
+Princeton University, free to use with attribution), about 30,000 real English sentences. Voices:
+``espeak-ng`` (formant synthesis, several accents and variants) and ``flite`` (CMU diphone/cluster
+voices). One voice is held out: it speaks only the dev and test sentences, so word error rate can be
+measured on a speaker the model never heard.
+
+Output, in the style of NeMo manifests (one JSON line per utterance)::
+
+    wav/<voice>/<sentence id>.wav   16 kHz mono 16-bit
+    train.jsonl, dev.jsonl, test.jsonl          training voices
+    dev_heldout_voice.jsonl, test_heldout_voice.jsonl
+    corpus.json                                 the configuration and counts
+
+Everything is a function of the configuration and seed. A wav is written to a temporary name and
+renamed, so a rerun reuses finished files, redoes only missing ones, and rewrites the same manifests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import subprocess
+import tempfile
+import wave
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+WORDNET_DIR = Path("/usr/share/wordnet")
+DEFAULT_VOICES = (
+    "flite:slt", "flite:awb", "flite:kal16", "flite:rms",
+    "espeak:en-us", "espeak:en-gb", "espeak:en-us+f3", "espeak:en-gb-x-rp+m3", "espeak:en-029",
+)
+MANIFESTS = ("train", "dev", "test", "dev_heldout_voice", "test_heldout_voice")
+_SENTENCE = re.compile(r"[A-Za-z][A-Za-z' ,]*[A-Za-z]")
+
+
+@dataclass
+class SpeechCorpusConfig:
+    output_dir: str
+    num_sentences: int = 3000
+    voices: list[str] = field(default_factory=lambda: list(DEFAULT_VOICES))
+    held_out_voice: str = "flite:rms"
+    voices_per_sentence: int = 2  # training voices speaking each train sentence
+    dev_fraction: float = 0.04
+    test_fraction: float = 0.04
+    min_words: int = 4
+    max_words: int = 14
+    sample_rate: int = 16000
+    seed: int = 0
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.held_out_voice not in self.voices:
+            raise ValueError(f"held_out_voice {self.held_out_voice!r} is not among voices {self.voices}")
+        for voice in self.voices:
+            if voice.split(":", 1)[0] not in ("flite", "espeak"):
+                raise ValueError(f"voice {voice!r}: expected 'flite:<name>' or 'espeak:<name>'")
+        if len(self.training_voices) < self.voices_per_sentence:
+            raise ValueError("fewer training voices than voices_per_sentence")
+
+    @property
+    def training_voices(self) -> list[str]:
+        return [v for v in self.voices if v != self.held_out_voice]
+
+
+@dataclass(frozen=True)
+class Utterance:
+    id: str
+    text: str
+    voice: str
+    manifest: str
+
+    def wav_path(self, root: Path) -> Path:
+        return root / "wav" / self.voice.replace(":", "_").replace("+", "_") / f"{self.id}.wav"
+
+
+def normalize_text(text: str) -> str:
+    """What the ASR loss sees: lower case, letters, apostrophes and single spaces."""
+    return " ".join(re.sub(r"[^a-z' ]", " ", text.lower()).split())
+
+
+def wordnet_sentences(min_words: int, max_words: int, wordnet_dir: Path = WORDNET_DIR) -> list[str]:
+    """WordNet's quoted usage examples that are plain words, in a fixed (sorted) order."""
+    files = sorted(wordnet_dir.glob("data.*"))
+    if not files:
+        raise FileNotFoundError(f"no WordNet data files in {wordnet_dir}; install Debian's wordnet-base")
+    found = set()
+    for path in files:
+        for line in path.read_text(encoding="latin-1").splitlines():
+            if line.startswith("  "):
+                continue  # licence header
+            for quoted in re.findall(r'"([^"]*)"', line):
+                if _SENTENCE.fullmatch(quoted) and min_words <= len(quoted.split()) <= max_words:
+                    found.add(quoted)
+    return sorted(found)
+
+
+def plan(config: SpeechCorpusConfig, sentences: list[str]) -> list[Utterance]:
+    """Which voice says which sentence into which manifest; deterministic in ``config.seed``."""
+    rng = random.Random(config.seed)
+    chosen = rng.sample(sentences, min(config.num_sentences, len(sentences)))
+    n_dev, n_test = round(len(chosen) * config.dev_fraction), round(len(chosen) * config.test_fraction)
+    utterances = []
+    for index, text in enumerate(chosen):
+        sentence_id = f"s{index:06d}"
+        split = "dev" if index < n_dev else "test" if index < n_dev + n_test else "train"
+        voices = rng.sample(config.training_voices, config.voices_per_sentence)
+        if split == "train":
+            utterances += [Utterance(f"{sentence_id}", text, v, "train") for v in voices]
+        else:  # every held-out sentence: one training voice, and the held-out voice
+            utterances.append(Utterance(sentence_id, text, voices[0], split))
+            utterances.append(Utterance(sentence_id, text, config.held_out_voice, f"{split}_heldout_voice"))
+    return utterances
+
+
+def _engine_command(voice: str, text: str, wav: Path) -> list[str]:
+    engine, name = voice.split(":", 1)
+    if engine == "flite":
+        return ["flite", "-voice", name, "-t", text, "-o", str(wav)]
+    return ["espeak-ng", "-v", name, "-w", str(wav), text]
+
+
+def read_wav(path: Path) -> tuple[np.ndarray, int]:
+    """Mono int16 samples and the sample rate; any other format is an error naming the file."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            if w.getsampwidth() != 2:
+                raise ValueError(f"{path}: {8 * w.getsampwidth()}-bit audio, expected 16-bit PCM")
+            data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+            channels, rate = w.getnchannels(), w.getframerate()
+    except (wave.Error, EOFError) as exc:
+        raise ValueError(f"{path}: not a readable wav file ({exc})") from None
+    return data.reshape(-1, channels).mean(axis=1).astype(np.int16), rate
+
+
+def write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
+    """16-bit mono, written to a temporary name and renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with wave.open(str(tmp), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(samples.astype("<i2").tobytes())
+    os.replace(tmp, path)
+
+
+def resample(samples: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+    if source_rate == target_rate:
+        return samples
+    from scipy.signal import resample_poly
+
+    g = gcd(source_rate, target_rate)
+    out = resample_poly(samples.astype(np.float32), target_rate // g, source_rate // g)
+    return np.clip(np.round(out), -32768, 32767).astype(np.int16)
+
+
+def synthesize(utterance: Utterance, root: Path, sample_rate: int) -> None:
+    """Speak one utterance into its wav (skipped when the wav already exists: it is complete)."""
+    target = utterance.wav_path(root)
+    if target.exists():
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.wav"
+        result = subprocess.run(_engine_command(utterance.voice, utterance.text, raw), capture_output=True, text=True)
+        if result.returncode or not raw.exists():
+            raise RuntimeError(f"{utterance.voice} failed on {utterance.id}: {result.stderr.strip()[:300]}")
+        samples, rate = read_wav(raw)
+    if samples.size == 0:
+        raise RuntimeError(f"{utterance.voice} produced no audio for {utterance.id}")
+    write_wav(target, resample(samples, rate, sample_rate), sample_rate)
+
+
+def _manifest_line(utterance: Utterance, root: Path) -> dict:
+    path = utterance.wav_path(root)
+    with wave.open(str(path), "rb") as w:
+        duration = w.getnframes() / w.getframerate()
+    return {"audio_filepath": str(path.relative_to(root)), "duration": round(duration, 4),
+            "text": normalize_text(utterance.text), "raw_text": utterance.text,
+            "speaker": utterance.voice, "id": f"{utterance.id}-{utterance.voice}"}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def build_corpus(config: SpeechCorpusConfig, sentences: list[str] | None = None) -> dict:
+    """Synthesize what is missing and (re)write the manifests; returns counts per manifest."""
+    root = Path(config.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    sentences = sentences if sentences is not None else wordnet_sentences(config.min_words, config.max_words)
+    utterances = plan(config, sentences)
+    todo = [u for u in utterances if not u.wav_path(root).exists()]
+    with ThreadPoolExecutor(config.workers) as pool, tqdm(total=len(todo), desc="synthesize", unit="utt") as bar:
+        for _ in pool.map(lambda u: synthesize(u, root, config.sample_rate), todo):
+            bar.update()
+    counts = {}
+    for name in MANIFESTS:
+        lines = [_manifest_line(u, root) for u in utterances if u.manifest == name]
+        _write_atomic(root / f"{name}.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
+        counts[name] = {"utterances": len(lines), "hours": round(sum(x["duration"] for x in lines) / 3600, 3)}
+    fingerprint = hashlib.sha256("\n".join(f"{u.id}|{u.voice}|{u.text}" for u in utterances).encode()).hexdigest()
+    summary = {"config": asdict(config), "counts": counts, "plan_sha256": fingerprint,
+               "text_source": "WordNet 3.0 usage examples (WordNet licence, Princeton University)",
+               "synthesized_now": len(todo)}
+    _write_atomic(root / "corpus.json", json.dumps(summary, indent=2) + "\n")
+    return summary

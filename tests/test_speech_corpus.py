@@ -1,0 +1,104 @@
+"""The synthetic speech corpus: valid audio, consistent manifests, held-out voice, determinism, reruns."""
+
+import json
+import wave
+
+import pytest
+
+from megatron_speech.speech.corpus import (
+    MANIFESTS,
+    SpeechCorpusConfig,
+    build_corpus,
+    normalize_text,
+    plan,
+    read_wav,
+    wordnet_sentences,
+)
+
+VOICES = ["flite:slt", "espeak:en-us", "espeak:en-gb+f3", "flite:rms"]
+
+
+def _config(root, **changes) -> SpeechCorpusConfig:
+    values = dict(output_dir=str(root), num_sentences=12, voices=VOICES, held_out_voice="flite:rms",
+                  voices_per_sentence=2, dev_fraction=0.25, test_fraction=0.25)
+    return SpeechCorpusConfig(**{**values, **changes})
+
+
+def _manifests(root) -> dict[str, list[dict]]:
+    return {name: [json.loads(l) for l in (root / f"{name}.jsonl").read_text().splitlines()] for name in MANIFESTS}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("speech")
+    return root, build_corpus(_config(root))
+
+
+def test_sentences_are_plain_english():
+    sentences = wordnet_sentences(4, 14)
+    assert len(sentences) > 20_000
+    assert all(4 <= len(s.split()) <= 14 and not any(c.isdigit() for c in s) for s in sentences)
+
+
+def test_wavs_are_16k_mono_and_durations_match(corpus):
+    root, summary = corpus
+    manifests = _manifests(root)
+    assert summary["counts"]["train"]["utterances"] == 6 * 2  # 6 train sentences x 2 voices
+    for lines in manifests.values():
+        for line in lines:
+            samples, rate = read_wav(root / line["audio_filepath"])
+            assert rate == 16000 and samples.ndim == 1
+            assert abs(samples.size / rate - line["duration"]) < 1e-3
+            assert 0.5 < line["duration"] < 15 and abs(samples).max() > 1000  # speech, not silence
+            assert line["text"] == normalize_text(line["raw_text"]) and line["text"]
+
+
+def test_held_out_voice_is_only_in_held_out_manifests(corpus):
+    root, _ = corpus
+    manifests = _manifests(root)
+    for name, lines in manifests.items():
+        speakers = {line["speaker"] for line in lines}
+        assert (speakers == {"flite:rms"}) if "heldout" in name else ("flite:rms" not in speakers), name
+    train_text = {l["text"] for l in manifests["train"]}
+    for name in ("dev", "test", "dev_heldout_voice", "test_heldout_voice"):
+        assert not train_text & {l["text"] for l in manifests[name]}, name
+    assert {l["text"] for l in manifests["test"]} == {l["text"] for l in manifests["test_heldout_voice"]}
+
+
+def test_rerun_reuses_wavs_and_rewrites_identical_manifests(corpus):
+    root, _ = corpus
+    wav = root / _manifests(root)["train"][0]["audio_filepath"]
+    before = {name: (root / f"{name}.jsonl").read_bytes() for name in MANIFESTS}
+    mtime = wav.stat().st_mtime_ns
+    wav_missing = root / _manifests(root)["dev"][0]["audio_filepath"]
+    wav_missing.unlink()  # as if the first run had died before this file
+    summary = build_corpus(_config(root))
+    assert summary["synthesized_now"] == 1 and wav_missing.exists()
+    assert wav.stat().st_mtime_ns == mtime
+    assert before == {name: (root / f"{name}.jsonl").read_bytes() for name in MANIFESTS}
+
+
+def test_same_seed_same_corpus_other_seed_other_plan(corpus, tmp_path):
+    root, first = corpus
+    again = build_corpus(_config(tmp_path / "again"))
+    assert again["plan_sha256"] == first["plan_sha256"]
+    a, b = _manifests(root)["train"][0], _manifests(tmp_path / "again")["train"][0]
+    assert (root / a["audio_filepath"]).read_bytes() == (tmp_path / "again" / b["audio_filepath"]).read_bytes()
+    sentences = [f"sentence number {w} is here" for w in "abcdefghijklmnop"]
+    assert plan(_config(tmp_path, seed=1), sentences) != plan(_config(tmp_path, seed=2), sentences)
+
+
+def test_unknown_held_out_voice_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="is not among voices"):
+        _config(tmp_path, held_out_voice="flite:nobody")
+
+
+def test_unreadable_wav_names_the_file(tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF\x00\x00not a wav")
+    with pytest.raises(ValueError, match="bad.wav: not a readable wav"):
+        read_wav(bad)
+    with wave.open(str(tmp_path / "8bit.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(1), w.setframerate(16000), w.writeframes(b"\x80" * 100)
+    with pytest.raises(ValueError, match="8bit.wav: 8-bit audio"):
+        read_wav(tmp_path / "8bit.wav")
