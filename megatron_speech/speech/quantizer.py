@@ -1,0 +1,103 @@
+"""The speech tokenizer's bottleneck: a vector quantizer with EMA codebook updates and dead-code restarts.
+
+The codebook is not trained by gradients. Each code moves towards the mean of the encoder frames
+assigned to it (an exponential moving average), which is steadier than a codebook loss. Encoder
+frames are pulled towards their code by a commitment loss, and gradients pass the discrete choice
+unchanged (straight-through). A code that stops being chosen would be dead weight in the LM's
+vocabulary, so codes whose running usage falls below a threshold are restarted at frames drawn from
+the current batch. The goal is to keep most of the codebook in use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass
+class QuantizerOutput:
+    quantized: torch.Tensor  # [B, T, D], straight-through
+    codes: torch.Tensor  # [B, T] int64
+    commitment_loss: torch.Tensor  # scalar
+    perplexity: torch.Tensor  # exp(entropy) of this batch's code distribution
+    restarted: int  # dead codes restarted in this call
+
+
+def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+class VectorQuantizerEMA(nn.Module):
+    def __init__(self, num_codes: int, dim: int, decay: float = 0.99, commitment_weight: float = 0.25,
+                 dead_code_threshold: float = 0.1, epsilon: float = 1e-5) -> None:
+        super().__init__()
+        self.num_codes, self.dim = num_codes, dim
+        self.decay, self.commitment_weight = decay, commitment_weight
+        self.dead_code_threshold, self.epsilon = dead_code_threshold, epsilon
+        codebook = torch.randn(num_codes, dim)
+        self.register_buffer("codebook", codebook)
+        self.register_buffer("cluster_size", torch.ones(num_codes))
+        self.register_buffer("embed_sum", codebook.clone())
+        self.register_buffer("usage", torch.zeros(num_codes))  # codes chosen since reset_usage()
+
+    def reset_usage(self) -> None:
+        self.usage.zero_()
+
+    def codebook_usage(self) -> float:
+        """Fraction of codes chosen at least once since ``reset_usage``."""
+        return (self.usage > 0).float().mean().item()
+
+    def nearest(self, x: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest code (Euclidean) for each row of ``x`` [N, D]."""
+        distances = (x.pow(2).sum(1, keepdim=True) - 2 * x @ self.codebook.T + self.codebook.pow(2).sum(1))
+        return distances.argmin(dim=1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> QuantizerOutput:
+        """Quantize ``x`` [B, T, D]; ``mask`` [B, T] marks real (non-padding) frames."""
+        b, t, d = x.shape
+        mask = torch.ones(b, t, dtype=torch.bool, device=x.device) if mask is None else mask.bool()
+        flat = x.reshape(-1, d).float()
+        codes = self.nearest(flat.detach())
+        valid = mask.reshape(-1)
+        onehot = nn.functional.one_hot(codes, self.num_codes).float() * valid[:, None]
+        counts = onehot.sum(0)
+        restarted = 0
+        if self.training:
+            restarted = self._update(flat.detach(), onehot, counts, valid)
+        self.usage += counts.detach()
+        quantized = self.codebook[codes].view(b, t, d)
+        diff = (x.float() - quantized.detach()).pow(2).mean(-1)
+        commitment = self.commitment_weight * (diff * mask).sum() / mask.sum().clamp_min(1)
+        quantized = x + (quantized - x).detach()  # straight-through
+        probs = counts / counts.sum().clamp_min(1)
+        perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
+        return QuantizerOutput(quantized.to(x.dtype), codes.view(b, t), commitment, perplexity, restarted)
+
+    @torch.no_grad()
+    def _update(self, flat: torch.Tensor, onehot: torch.Tensor, counts: torch.Tensor, valid: torch.Tensor) -> int:
+        counts = _all_reduce(counts.clone())
+        sums = _all_reduce(onehot.T @ flat)
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        total = self.cluster_size.sum()
+        smoothed = (self.cluster_size + self.epsilon) / (total + self.num_codes * self.epsilon) * total
+        self.codebook.copy_(self.embed_sum / smoothed[:, None])
+        return self._restart_dead_codes(flat[valid])
+
+    def _restart_dead_codes(self, frames: torch.Tensor) -> int:
+        dead = (self.cluster_size < self.dead_code_threshold).nonzero().squeeze(1)
+        if dead.numel() == 0 or frames.shape[0] == 0:
+            return 0
+        picks = torch.randint(0, frames.shape[0], (dead.numel(),), device=frames.device)
+        fresh = frames[picks]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.broadcast(fresh, src=0)  # every replica restarts to the same frames
+        self.codebook[dead] = fresh
+        self.embed_sum[dead] = fresh
+        self.cluster_size[dead] = 1.0
+        return int(dead.numel())

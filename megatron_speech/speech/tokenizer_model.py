@@ -1,0 +1,162 @@
+"""The supervised speech tokenizer as a NeMo model: an ASR encoder with a vector-quantized bottleneck.
+
+    waveform -> log-mel (100 frames/s) -> Conformer (4x subsampling, then pooling to the token rate)
+             -> project -> VQ (the speech tokens) -> project -> Conformer -> CTC over characters
+
+The tokens are whatever the quantizer keeps while the CTC loss forces the words through it, so they
+carry the words at a low rate (12.5 Hz by default, one token per 80 ms). The token rate is exact by
+definition: ``num_samples // samples_per_token`` tokens per utterance (10 s -> 125 at 12.5 Hz).
+Causal and block-causal variants come from the Conformer's ``att_context_size`` and
+``conv_context_size`` settings in the config, so tokens can be produced in a stream.
+"""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig, open_dict
+
+from nemo.core import ModelPT
+from nemo.core.classes import common as nemo_common
+
+from megatron_speech.speech.quantizer import VectorQuantizerEMA
+
+# NeMo instantiates `_target_`s from a .nemo file only under approved module prefixes (and only
+# ModelPT / nn.Module subclasses there); ours must be approved for restore_from to work.
+if "megatron_speech.speech." not in nemo_common.ALLOWED_TARGET_PREFIXES:
+    nemo_common.ALLOWED_TARGET_PREFIXES.append("megatron_speech.speech.")
+
+MEL_FRAMES_PER_SECOND = 100  # the preprocessor's 10 ms hop
+CONFORMER_SUBSAMPLING = 4
+
+
+def reduction_factor(token_rate: float) -> int:
+    """Pooling after the Conformer's 4x subsampling that lands on ``token_rate`` tokens per second."""
+    factor = MEL_FRAMES_PER_SECOND / CONFORMER_SUBSAMPLING / token_rate
+    if factor < 1 or abs(factor - round(factor)) > 1e-9:
+        raise ValueError(f"token_rate {token_rate} Hz must divide {MEL_FRAMES_PER_SECOND / CONFORMER_SUBSAMPLING} Hz")
+    return int(round(factor))
+
+
+class SpeechTokenizerModel(ModelPT):
+    def __init__(self, cfg: DictConfig, trainer=None) -> None:
+        self.labels = list(cfg.labels)
+        with open_dict(cfg):
+            factor = reduction_factor(cfg.token_rate)
+            cfg.encoder.reduction = "pooling" if factor > 1 else None
+            cfg.encoder.reduction_factor = factor
+            cfg.encoder.reduction_position = -1 if factor > 1 else None
+        super().__init__(cfg=cfg, trainer=trainer)
+        self.samples_per_token = int(round(cfg.sample_rate / cfg.token_rate))
+        self.preprocessor = ModelPT.from_config_dict(cfg.preprocessor)
+        self.encoder = ModelPT.from_config_dict(cfg.encoder)
+        d_model = cfg.encoder.d_model
+        self.pre_quantizer = torch.nn.Linear(d_model, cfg.quantizer.dim)
+        self.quantizer = VectorQuantizerEMA(cfg.quantizer.num_codes, cfg.quantizer.dim, cfg.quantizer.decay,
+                                            cfg.quantizer.commitment_weight, cfg.quantizer.dead_code_threshold)
+        self.post_quantizer = torch.nn.Linear(cfg.quantizer.dim, cfg.post_encoder.d_model)
+        self.post_encoder = ModelPT.from_config_dict(cfg.post_encoder)
+        self.ctc_head = torch.nn.Linear(cfg.post_encoder.d_model, len(self.labels) + 1)  # + blank (last)
+        self.ctc_loss = torch.nn.CTCLoss(blank=len(self.labels), zero_infinity=True)
+        self.validation_step_outputs: list[dict] = []
+
+    # ------------------------------------------------------------------ the model
+
+    def token_lengths(self, num_samples: torch.Tensor) -> torch.Tensor:
+        return torch.div(num_samples, self.samples_per_token, rounding_mode="floor")
+
+    def encode(self, audio: torch.Tensor, audio_lengths: torch.Tensor):
+        """Continuous pre-quantizer frames [B, T, D] at the token rate, and their lengths."""
+        features, feature_lengths = self.preprocessor(input_signal=audio, length=audio_lengths)
+        encoded, _ = self.encoder(audio_signal=features, length=feature_lengths)
+        lengths = self.token_lengths(audio_lengths)
+        frames = self.pre_quantizer(encoded.transpose(1, 2))[:, : int(lengths.max())]
+        if frames.shape[1] < int(lengths.max()):  # padding rounding: never expected, but never silent
+            raise RuntimeError(f"encoder gave {frames.shape[1]} frames for {int(lengths.max())} tokens")
+        return frames, lengths
+
+    def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor):
+        frames, lengths = self.encode(audio, audio_lengths)
+        mask = torch.arange(frames.shape[1], device=frames.device)[None] < lengths[:, None]
+        vq = self.quantizer(frames, mask)
+        decoded, _ = self.post_encoder(audio_signal=self.post_quantizer(vq.quantized).transpose(1, 2), length=lengths)
+        log_probs = self.ctc_head(decoded.transpose(1, 2)).log_softmax(-1)
+        return log_probs, lengths, vq
+
+    @torch.no_grad()
+    def tokenize(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> list[list[int]]:
+        """Speech tokens of each utterance (exactly ``num_samples // samples_per_token`` of them)."""
+        frames, lengths = self.encode(audio, audio_lengths)
+        codes = self.quantizer.nearest(frames.reshape(-1, frames.shape[-1]).float()).view(frames.shape[:2])
+        return [c[:n].tolist() for c, n in zip(codes, lengths.tolist())]
+
+    @torch.no_grad()
+    def transcribe_tokens(self, codes: list[list[int]]) -> list[str]:
+        """Greedy CTC transcription of token sequences (to check what synthetic tokens say)."""
+        lengths = torch.tensor([len(c) for c in codes])
+        padded = torch.zeros(len(codes), int(lengths.max()), dtype=torch.long)
+        for i, c in enumerate(codes):
+            padded[i, : len(c)] = torch.tensor(c)
+        quantized = self.quantizer.codebook[padded]
+        decoded, _ = self.post_encoder(audio_signal=self.post_quantizer(quantized).transpose(1, 2), length=lengths)
+        return self.greedy_decode(self.ctc_head(decoded.transpose(1, 2)), lengths)
+
+    def greedy_decode(self, logits: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        blank, texts = len(self.labels), []
+        for row, n in zip(logits.argmax(-1), lengths.tolist()):
+            ids = torch.unique_consecutive(row[:n]).tolist()
+            texts.append("".join(self.labels[i] for i in ids if i != blank))
+        return texts
+
+    # ------------------------------------------------------------------ training
+
+    def _loss(self, batch):
+        audio, audio_lengths, targets, target_lengths = batch[:4]
+        log_probs, lengths, vq = self(audio, audio_lengths)
+        ctc = self.ctc_loss(log_probs.transpose(0, 1), targets, lengths, target_lengths)
+        return ctc, vq, log_probs, lengths
+
+    def training_step(self, batch, batch_idx):
+        ctc, vq, _, _ = self._loss(batch)
+        loss = ctc + vq.commitment_loss
+        self.log_dict({"train_loss": loss, "ctc": ctc, "commit": vq.commitment_loss, "perplexity": vq.perplexity,
+                       "restarted": float(vq.restarted)}, prog_bar=True, on_step=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        from nemo.collections.asr.metrics.wer import word_error_rate
+
+        ctc, vq, log_probs, lengths = self._loss(batch)
+        targets, target_lengths = batch[2], batch[3]
+        hyps = self.greedy_decode(log_probs, lengths)
+        refs = ["".join(self.labels[i] for i in t[:n].tolist()) for t, n in zip(targets, target_lengths.tolist())]
+        output = {"val_loss": ctc.detach(), "wer": word_error_rate(hyps, refs)}
+        self.validation_step_outputs.append(output)
+        return output
+
+    def on_validation_epoch_end(self):
+        outputs = self.validation_step_outputs
+        if outputs:
+            self.log("val_loss", torch.stack([o["val_loss"] for o in outputs]).mean(), prog_bar=True)
+            self.log("val_wer", sum(o["wer"] for o in outputs) / len(outputs), prog_bar=True)
+        self.validation_step_outputs.clear()
+
+    # ------------------------------------------------------------------ data (NeMo's char dataset)
+
+    def _loader(self, cfg: DictConfig):
+        from nemo.collections.asr.data.audio_to_text import AudioToCharDataset
+
+        dataset = AudioToCharDataset(manifest_filepath=cfg.manifest_filepath, labels=self.labels,
+                                     sample_rate=self.cfg.sample_rate, max_duration=cfg.get("max_duration"),
+                                     parser="en", normalize=False)
+        return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=cfg.get("shuffle", False),
+                                           collate_fn=dataset.collate_fn, num_workers=cfg.get("num_workers", 0))
+
+    def setup_training_data(self, cfg: DictConfig) -> None:
+        self._train_dl = self._loader(cfg) if cfg and cfg.get("manifest_filepath") else None
+
+    def setup_validation_data(self, cfg: DictConfig) -> None:
+        self._validation_dl = self._loader(cfg) if cfg and cfg.get("manifest_filepath") else None
+
+    @classmethod
+    def list_available_models(cls):
+        return None  # nothing is downloaded: models are trained by the recipe
