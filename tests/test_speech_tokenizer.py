@@ -1,5 +1,6 @@
 """The NeMo speech tokenizer: forward/backward, exact token rate, quantizer upkeep, NeMo checkpoints."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,83 @@ def test_nemo_checkpoint_round_trip(tmp_path):
     restored = SpeechTokenizerModel.restore_from(str(tmp_path / "tok.nemo"), map_location="cpu").eval()
     assert restored.tokenize(audio, torch.tensor([16000])) == before
     assert restored.transcribe_tokens(before) == model.transcribe_tokens(before)
+
+
+# ---------------------------------------------------------------- manifest -> speech tokens -> preprocessing
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    from megatron_speech.speech.corpus import SpeechCorpusConfig, build_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    build_corpus(SpeechCorpusConfig(str(root), num_sentences=6, voices=["flite:slt", "espeak:en-us", "flite:awb"],
+                                    held_out_voice="flite:awb", voices_per_sentence=2, dev_fraction=0.0,
+                                    test_fraction=0.0))
+    return root
+
+
+def _tokenize(manifest, output, model, **kw):
+    from megatron_speech.speech.tokenize import TokenizeConfig, tokenize_manifest
+
+    return tokenize_manifest(TokenizeConfig(str(manifest), str(output), "unused.nemo", batch_size=4, **kw), model)
+
+
+def test_tokens_feed_the_preprocessing_tool(small_corpus, tmp_path, speech_tokenizer):
+    from megatron_speech.data.preprocess import PreprocessConfig, preprocess
+    from megatron_speech.speech.corpus import read_wav
+
+    model = _model().eval()
+    stats = _tokenize(small_corpus / "train.jsonl", tmp_path / "tokens.jsonl", model)
+    records = [json.loads(l) for l in (tmp_path / "tokens.jsonl").read_text().splitlines()]
+    manifest = [json.loads(l) for l in (small_corpus / "train.jsonl").read_text().splitlines()]
+    assert stats["written"] == len(records) == len(manifest) == 12
+    for record, line in zip(records, manifest):
+        samples, _ = read_wav(small_corpus / line["audio_filepath"])
+        assert len(record["speech_tokens"]) == samples.size // 1280 and record["text"] == line["text"]
+    speech_tokenizer.save(tmp_path / "tok")
+    for layout in ("speech", "asr", "tts"):
+        preprocess(PreprocessConfig([str(tmp_path / "tokens.jsonl")], str(tmp_path / layout), str(tmp_path / "tok"),
+                                    layout=layout))
+        assert (tmp_path / f"{layout}.bin").stat().st_size > 0
+    assert _tokenize(small_corpus / "train.jsonl", tmp_path / "tokens.jsonl", model)["already_done"]
+
+
+def test_resume_after_a_crash_gives_the_same_file(small_corpus, tmp_path):
+    model = _model().eval()
+    _tokenize(small_corpus / "train.jsonl", tmp_path / "full.jsonl", model)
+    full = (tmp_path / "full.jsonl").read_text()
+    lines = full.splitlines(keepends=True)
+    (tmp_path / "cut.jsonl.partial").write_text("".join(lines[:5]) + lines[5][:20])  # a torn line
+    stats = _tokenize(small_corpus / "train.jsonl", tmp_path / "cut.jsonl", model)
+    assert stats["resumed_from"] == 5
+    assert (tmp_path / "cut.jsonl").read_text() == full
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("missing", "file not found"), ("empty", "empty audio"), ("corrupt", "not a readable wav"),
+    ("rate", "sample rate 8000 Hz, expected 16000 Hz")])
+def test_bad_audio_is_named_or_skipped(small_corpus, tmp_path, problem, message):
+    from megatron_speech.speech.corpus import write_wav
+    import numpy as np
+
+    lines = (small_corpus / "train.jsonl").read_text().splitlines()
+    bad = {"audio_filepath": "bad.wav", "text": "x", "id": "bad"}
+    if problem == "empty":
+        write_wav(tmp_path / "bad.wav", np.zeros(0, np.int16), 16000)
+    elif problem == "corrupt":
+        (tmp_path / "bad.wav").write_bytes(b"RIFF....WAVEjunk")
+    elif problem == "rate":
+        write_wav(tmp_path / "bad.wav", np.ones(8000, np.int16), 8000)
+    good = [json.loads(l) for l in lines[:3]]
+    for g in good:
+        g["audio_filepath"] = str(small_corpus / g["audio_filepath"])
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in [good[0], bad, *good[1:]]))
+    model = _model().eval()
+    with pytest.raises(ValueError, match=f"m.jsonl:2: .*bad.wav: {message}"):
+        _tokenize(manifest, tmp_path / "out.jsonl", model)
+    stats = _tokenize(manifest, tmp_path / "out.jsonl", model, on_error="skip")
+    assert stats["written"] == 3 and stats["skipped"] == 1
+    report = [json.loads(l) for l in (tmp_path / "out.jsonl.errors.jsonl").read_text().splitlines()]
+    assert report[0]["line"] == 2 and message in report[0]["reason"]

@@ -1,0 +1,47 @@
+"""Train the speech tokenizer (NeMo model, Lightning trainer, Hydra config), then report WER and codes.
+
+    .venv/bin/python tools/train_speech_tokenizer.py                     # the mini recipe
+    .venv/bin/python tools/train_speech_tokenizer.py model.token_rate=25 name=speech_tokenizer_mini_25hz
+
+Writes <exp_dir>/<name>/<name>.nemo and <name>.eval.json (WER on held-out sentences of the training
+voices and on the held-out voice, codebook usage and perplexity, training time).
+"""
+
+import json
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+from omegaconf import DictConfig, OmegaConf
+
+from nemo.core.config import hydra_runner
+
+from megatron_speech.speech.evaluate import evaluate_manifest
+from megatron_speech.speech.tokenizer_model import SpeechTokenizerModel
+
+CONF = str(Path(__file__).resolve().parents[1] / "examples" / "speech_tokenizer" / "conf")
+
+
+@hydra_runner(config_path=CONF, config_name="mini")
+def main(cfg: DictConfig) -> None:
+    out = Path(cfg.exp_manager.exp_dir) / cfg.name
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = pl.Trainer(**cfg.trainer, default_root_dir=str(out))
+    model = SpeechTokenizerModel(cfg.model, trainer=trainer)
+    start = time.perf_counter()
+    trainer.fit(model)
+    minutes = (time.perf_counter() - start) / 60
+    model.save_to(str(out / f"{cfg.name}.nemo"))
+    corpus = Path(cfg.model.train_ds.manifest_filepath).parent
+    report = {"name": cfg.name, "token_rate": cfg.model.token_rate, "train_minutes": round(minutes, 1),
+              "epochs": trainer.current_epoch, "steps": trainer.global_step,
+              "results": [evaluate_manifest(model, corpus / f"{m}.jsonl") for m in ("test", "test_heldout_voice")],
+              "config": OmegaConf.to_container(cfg.model, resolve=True)}
+    (out / f"{cfg.name}.eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    for r in report["results"]:
+        print(f"[eval] {r['manifest']}: WER {r['wer']:.1%}, codebook usage {r['codebook_usage']:.0%}, "
+              f"perplexity {r['perplexity']:.0f}")
+
+
+if __name__ == "__main__":
+    main()
