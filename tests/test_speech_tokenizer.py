@@ -55,9 +55,10 @@ def test_forward_backward_reaches_every_trained_part():
 def test_dead_codes_are_restarted_at_batch_frames():
     torch.manual_seed(0)
     vq = VectorQuantizerEMA(num_codes=64, dim=4, decay=0.5, dead_code_threshold=0.5).train()
-    frames = torch.randn(1, 200, 4) + 10.0  # far from every initial code: one code would win them all
+    vq(torch.randn(1, 200, 4))  # the codebook starts at these frames
+    frames = torch.randn(1, 200, 4) + 10.0  # the data moves far away: one code would win it all
     restarts = [vq(frames).restarted for _ in range(5)]
-    assert restarts[0] == 0 and sum(restarts) > 0  # usage decays below the threshold first
+    assert sum(restarts) > 0
     vq.reset_usage()
     vq.eval()
     vq(frames)
@@ -166,3 +167,19 @@ def test_bad_audio_is_named_or_skipped(small_corpus, tmp_path, problem, message)
     assert stats["written"] == 3 and stats["skipped"] == 1
     report = [json.loads(l) for l in (tmp_path / "out.jsonl.errors.jsonl").read_text().splitlines()]
     assert report[0]["line"] == 2 and message in report[0]["reason"]
+
+
+def test_full_scale_config_has_consistent_shapes():
+    """The cluster config is not trained here; build one layer of each stack at full width and check
+    shapes, and that the whole encoder is Whisper-large-sized."""
+    from megatron_speech.speech.tokenizer_model import SpeechTokenizerModel
+
+    cfg = OmegaConf.load(REPO / "examples/speech_tokenizer/conf/full.yaml").model
+    layers = cfg.encoder.n_layers
+    cfg.encoder.n_layers = cfg.post_encoder.n_layers = 1
+    cfg.train_ds = cfg.validation_ds = None
+    model = SpeechTokenizerModel(cfg).eval()
+    per_layer = sum(p.numel() for p in model.encoder.layers[0].parameters())
+    assert 550e6 < per_layer * layers < 750e6  # Whisper large's encoder: ~635M parameters
+    codes = model.tokenize(torch.randn(1, 32000) * 0.1, torch.tensor([32000]))
+    assert len(codes[0]) == 25 and max(codes[0]) < 16384

@@ -34,8 +34,11 @@ def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
 
 class VectorQuantizerEMA(nn.Module):
     def __init__(self, num_codes: int, dim: int, decay: float = 0.99, commitment_weight: float = 0.25,
-                 dead_code_threshold: float = 0.1, epsilon: float = 1e-5) -> None:
+                 dead_code_threshold: float = 0.1, epsilon: float = 1e-5, normalize: bool = False) -> None:
+        """``normalize``: quantize unit vectors (cosine distance). The encoder's output scale then
+        cannot drift away from the codebook, which otherwise lets one code win every frame early on."""
         super().__init__()
+        self.normalize = normalize
         self.num_codes, self.dim = num_codes, dim
         self.decay, self.commitment_weight = decay, commitment_weight
         self.dead_code_threshold, self.epsilon = dead_code_threshold, epsilon
@@ -44,6 +47,7 @@ class VectorQuantizerEMA(nn.Module):
         self.register_buffer("cluster_size", torch.ones(num_codes))
         self.register_buffer("embed_sum", codebook.clone())
         self.register_buffer("usage", torch.zeros(num_codes))  # codes chosen since reset_usage()
+        self.register_buffer("initialized", torch.tensor(False))
 
     def reset_usage(self) -> None:
         self.usage.zero_()
@@ -54,14 +58,20 @@ class VectorQuantizerEMA(nn.Module):
 
     def nearest(self, x: torch.Tensor) -> torch.Tensor:
         """Index of the nearest code (Euclidean) for each row of ``x`` [N, D]."""
+        if self.normalize:
+            x = nn.functional.normalize(x, dim=-1)
         distances = (x.pow(2).sum(1, keepdim=True) - 2 * x @ self.codebook.T + self.codebook.pow(2).sum(1))
         return distances.argmin(dim=1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> QuantizerOutput:
         """Quantize ``x`` [B, T, D]; ``mask`` [B, T] marks real (non-padding) frames."""
         b, t, d = x.shape
+        if self.normalize:
+            x = nn.functional.normalize(x, dim=-1)
         mask = torch.ones(b, t, dtype=torch.bool, device=x.device) if mask is None else mask.bool()
         flat = x.reshape(-1, d).float()
+        if self.training and not bool(self.initialized):
+            self._init_from(flat.detach()[mask.reshape(-1)])
         codes = self.nearest(flat.detach())
         valid = mask.reshape(-1)
         onehot = nn.functional.one_hot(codes, self.num_codes).float() * valid[:, None]
@@ -79,6 +89,17 @@ class VectorQuantizerEMA(nn.Module):
         return QuantizerOutput(quantized.to(x.dtype), codes.view(b, t), commitment, perplexity, restarted)
 
     @torch.no_grad()
+    def _init_from(self, frames: torch.Tensor) -> None:
+        """Start the codebook at encoder frames of the first batch, where the data is."""
+        picks = torch.randint(0, frames.shape[0], (self.num_codes,), device=frames.device)
+        fresh = frames[picks] + 1e-3 * torch.randn(self.num_codes, self.dim, device=frames.device)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.broadcast(fresh, src=0)
+        self.codebook.copy_(fresh)
+        self.embed_sum.copy_(fresh)
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
     def _update(self, flat: torch.Tensor, onehot: torch.Tensor, counts: torch.Tensor, valid: torch.Tensor) -> int:
         counts = _all_reduce(counts.clone())
         sums = _all_reduce(onehot.T @ flat)
@@ -86,7 +107,8 @@ class VectorQuantizerEMA(nn.Module):
         self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         total = self.cluster_size.sum()
         smoothed = (self.cluster_size + self.epsilon) / (total + self.num_codes * self.epsilon) * total
-        self.codebook.copy_(self.embed_sum / smoothed[:, None])
+        codebook = self.embed_sum / smoothed[:, None]
+        self.codebook.copy_(nn.functional.normalize(codebook, dim=-1) if self.normalize else codebook)
         return self._restart_dead_codes(flat[valid])
 
     def _restart_dead_codes(self, frames: torch.Tensor) -> int:

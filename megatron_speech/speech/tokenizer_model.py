@@ -52,8 +52,14 @@ class SpeechTokenizerModel(ModelPT):
         d_model = cfg.encoder.d_model
         self.pre_quantizer = torch.nn.Linear(d_model, cfg.quantizer.dim)
         self.quantizer = VectorQuantizerEMA(cfg.quantizer.num_codes, cfg.quantizer.dim, cfg.quantizer.decay,
-                                            cfg.quantizer.commitment_weight, cfg.quantizer.dead_code_threshold)
+                                            cfg.quantizer.commitment_weight, cfg.quantizer.dead_code_threshold,
+                                            normalize=cfg.quantizer.get("normalize", False))
         self.post_quantizer = torch.nn.Linear(cfg.quantizer.dim, cfg.post_encoder.d_model)
+        # Characters come faster than 12.5 tokens/s, so CTC needs more frames than tokens: the ASR
+        # head repeats each token's vector to ctc_frame_rate before its Conformer layers.
+        self.upsample = int(round(cfg.ctc_frame_rate / cfg.token_rate))
+        if self.upsample < 1 or abs(self.upsample * cfg.token_rate - cfg.ctc_frame_rate) > 1e-6:
+            raise ValueError(f"ctc_frame_rate {cfg.ctc_frame_rate} must be a multiple of token_rate {cfg.token_rate}")
         self.post_encoder = ModelPT.from_config_dict(cfg.post_encoder)
         self.ctc_head = torch.nn.Linear(cfg.post_encoder.d_model, len(self.labels) + 1)  # + blank (last)
         self.ctc_loss = torch.nn.CTCLoss(blank=len(self.labels), zero_infinity=True)
@@ -78,9 +84,15 @@ class SpeechTokenizerModel(ModelPT):
         frames, lengths = self.encode(audio, audio_lengths)
         mask = torch.arange(frames.shape[1], device=frames.device)[None] < lengths[:, None]
         vq = self.quantizer(frames, mask)
-        decoded, _ = self.post_encoder(audio_signal=self.post_quantizer(vq.quantized).transpose(1, 2), length=lengths)
-        log_probs = self.ctc_head(decoded.transpose(1, 2)).log_softmax(-1)
-        return log_probs, lengths, vq
+        logits, ctc_lengths = self._asr_head(vq.quantized, lengths)
+        return logits.log_softmax(-1), ctc_lengths, vq
+
+    def _asr_head(self, quantized: torch.Tensor, lengths: torch.Tensor):
+        """Character logits [B, T * upsample, labels + 1] from quantized token vectors [B, T, D]."""
+        x = self.post_quantizer(quantized).repeat_interleave(self.upsample, dim=1)
+        lengths = lengths * self.upsample
+        decoded, _ = self.post_encoder(audio_signal=x.transpose(1, 2), length=lengths)
+        return self.ctc_head(decoded.transpose(1, 2)), lengths
 
     @torch.no_grad()
     def tokenize(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> list[list[int]]:
@@ -96,9 +108,8 @@ class SpeechTokenizerModel(ModelPT):
         padded = torch.zeros(len(codes), int(lengths.max()), dtype=torch.long)
         for i, c in enumerate(codes):
             padded[i, : len(c)] = torch.tensor(c)
-        quantized = self.quantizer.codebook[padded]
-        decoded, _ = self.post_encoder(audio_signal=self.post_quantizer(quantized).transpose(1, 2), length=lengths)
-        return self.greedy_decode(self.ctc_head(decoded.transpose(1, 2)), lengths)
+        logits, ctc_lengths = self._asr_head(self.quantizer.codebook[padded], lengths)
+        return self.greedy_decode(logits, ctc_lengths)
 
     def greedy_decode(self, logits: torch.Tensor, lengths: torch.Tensor) -> list[str]:
         blank, texts = len(self.labels), []
