@@ -34,6 +34,7 @@ setup(
         "psutil>=5.9",  # megatron-core's checkpoint writer needs it and hangs without it
         "safetensors>=0.4",
         "scipy>=1.10",  # resampling synthesized speech to 16 kHz
+        "nemo-toolkit[asr]>=3.0,<3.1",  # the speech tokenizer: ModelPT, Conformer, mel front end, data
         "transformers>=4.45",  # only to load converted checkpoints and as a benchmark baseline
     ],
     extras_require={
