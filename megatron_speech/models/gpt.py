@@ -70,13 +70,29 @@ def build_model(config: SpeechGPTConfig, vocab_size: int, parallel: ParallelConf
     return model.to(config.torch_dtype)
 
 
-def full_logits(model, tokens: torch.Tensor) -> torch.Tensor:
+def full_logits(model, tokens: torch.Tensor) -> torch.Tensor | None:
     """Logits over the true vocabulary, gathered across tensor-parallel ranks ([batch, seq, vocab]).
 
-    For single-stage (PP=1) models; evaluation and conversion checks compare these across layouts.
+    With pipeline parallelism every stage calls this; activations go stage to stage by point-to-point
+    sends, and the last stage returns the logits (the others None). Evaluation and conversion checks
+    compare these across layouts.
     """
+    from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
     positions = torch.arange(tokens.shape[1]).expand_as(tokens)
-    logits = gather_from_tensor_model_parallel_region(model(tokens, positions, None))
+    if not model.pre_process:
+        hidden = torch.empty(tokens.shape[1], tokens.shape[0], model.config.hidden_size,
+                             dtype=model.config.params_dtype, device=_device())
+        torch.distributed.recv(hidden, ps.get_pipeline_model_parallel_prev_rank())
+        model.set_input_tensor(hidden)
+    output = model(tokens, positions, None)
+    if not model.post_process:
+        torch.distributed.send(output.contiguous(), ps.get_pipeline_model_parallel_next_rank())
+        return None
+    logits = gather_from_tensor_model_parallel_region(output)
     return logits[..., : model.true_vocab_size]
+
+
+def _device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
