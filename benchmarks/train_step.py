@@ -12,7 +12,6 @@ in bf16 and, where Transformer Engine supports it, FP8. Goal on one H100 with bf
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -140,13 +139,6 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _init_single_process() -> None:
-    from megatron_speech.testing.multiprocess import free_port
-
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    par.init_distributed(par.ParallelConfig())
-
-
 def run_cpu(steps: int) -> None:
     shape = CPU_SHAPE
     torch.manual_seed(0)
@@ -181,7 +173,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=8, help="timed steps of each, after 3 warm-up steps (median)")
     args = parser.parse_args()
-    _init_single_process()
+    par.init_distributed(par.ParallelConfig())  # one process
     try:
         run_gpu(args.steps) if torch.cuda.is_available() else run_cpu(args.steps)
     finally:

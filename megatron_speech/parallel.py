@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,12 @@ class ParallelConfig:
     sequence_parallel: bool = False
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def init_distributed(parallel: ParallelConfig, seed: int = 1234, timeout_s: int = 600) -> None:
     """Join the job (torchrun/srun environment, or a single process) and build Megatron's groups."""
     backends.silence_fallback_warnings()
@@ -33,7 +40,8 @@ def init_distributed(parallel: ParallelConfig, seed: int = 1234, timeout_s: int 
         rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
         world_size = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", 1)))
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29500")
+        # A lone process (conversion, benchmarks) needs no agreed port: any free one avoids clashes.
+        os.environ.setdefault("MASTER_PORT", str(free_port()) if world_size == 1 else "29500")
         if torch.cuda.is_available():
             local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
             torch.cuda.set_device(local_rank)

@@ -133,12 +133,7 @@ def expanded_text_logits(hf_dir: str, tokenizer_dir: str, tp: int, tokens: torch
     tokenizer = SpeechTextTokenizer.load(tokenizer_dir)
     model_config = model_config_from_hf(json.loads(Path(hf_dir, "config.json").read_text()))
     model = build_model(model_config, tokenizer.vocab_size, parallel)
-
-    class Run:  # the two fields of TrainConfig that initialise reads
-        init = InitConfig(hf_checkpoint=hf_dir)
-        model = model_config
-
-    initialise(model, Run, tokenizer)
+    initialise(model, InitConfig(hf_checkpoint=hf_dir), model_config, tokenizer)
     with torch.no_grad():
         logits = full_logits(model.eval(), tokens)
     par.shutdown()

@@ -2,13 +2,12 @@
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from megatron_speech.testing.multiprocess import run_processes
-from megatron_speech.testing.slurm import LocalSlurmCluster
+from megatron_speech.testing.slurm import LocalSlurmCluster, wait_for
 from megatron_speech.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,16 +45,6 @@ def _metrics(path: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in map(json.loads, path.read_text().splitlines())}
 
 
-def _wait_for(predicate, timeout_s: float, what: str, log: Path):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; job log:\n{log.read_text() if log.exists() else '-'}")
-
-
 def test_sbatch_job_is_signalled_requeued_and_resumes_exactly(blend, tmp_path):
     root, _, sources = blend
     work = tmp_path / "run"
@@ -66,12 +55,16 @@ def test_sbatch_job_is_signalled_requeued_and_resumes_exactly(blend, tmp_path):
     with LocalSlurmCluster(tmp_path / "slurm", cpus=2) as cluster:
         job = cluster.submit(REPO / "examples/pretrain/cpu.sbatch", *args, cwd=REPO,
                              options=(f"--output={log}",), env={"PYTHON": sys.executable})
-        _wait_for(lambda: max(_metrics(work / "metrics.jsonl"), default=0) >= 5, 180, "step 5", log)
+
+        def job_log() -> str:
+            text = log.read_text() if log.exists() else "(no job log yet)"
+            return f"{text}\n{cluster.run('scontrol', 'show', 'job', str(job), check=False)}"
+
+        wait_for(lambda: max(_metrics(work / "metrics.jsonl"), default=0) >= 5, 180, "step 5", job_log)
         cluster.run("scancel", "--signal=TERM", str(job))
-        _wait_for(lambda: cluster.job_field(job, "Restarts") == "1" and
-                  cluster.job_field(job, "JobState") == "PENDING", 120, "the requeue", log)
-        cluster.release_requeued(job)
-        _wait_for(lambda: cluster.job_field(job, "JobState") == "COMPLETED", 300, "the resumed job to finish", log)
+        wait_for(lambda: cluster.job_field(job, "Restarts") == "1" and
+                 cluster.job_field(job, "JobState") == "PENDING", 120, "the requeue", job_log)
+        wait_for(lambda: cluster.completed(job), 300, "the resumed job to finish", job_log)
     text = log.read_text()
     assert "[exit] SIGTERM" in text and "requeueing job" in text, text
     assert "(restart 1)" in text and "resumed from" in text, text

@@ -1,6 +1,5 @@
 """The default pipeline end to end: corpus → tokenizer → indexed binaries → Megatron pre-training."""
 
-import json
 
 import pytest
 

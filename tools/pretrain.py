@@ -9,8 +9,7 @@ Exits with 75 when an exit signal (SIGTERM, SIGUSR1) stopped it after saving a c
 import argparse
 import sys
 
-import yaml
-
+from megatron_speech import overrides
 from megatron_speech.parallel import shutdown
 from megatron_speech.training.config import TrainConfig
 from megatron_speech.training.loop import pretrain
@@ -20,16 +19,13 @@ from megatron_speech.training.preemption import PREEMPTED_EXIT_CODE
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="training YAML")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. schedule.steps=10 (value parsed as YAML)")
+    overrides.add_argument(parser)
     args = parser.parse_args()
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set needs KEY=VALUE, got {item!r}")
-        overrides[key] = yaml.safe_load(value)
-    outcome = pretrain(TrainConfig.from_yaml(args.config, overrides))
+    try:
+        values = overrides.parse(args.set)
+    except ValueError as exc:
+        parser.error(str(exc))
+    outcome = pretrain(TrainConfig.from_yaml(args.config, values))
     shutdown()
     if outcome.preempted:  # checkpoint saved; the launcher requeues the job
         sys.exit(PREEMPTED_EXIT_CODE)

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from megatron_speech import atomic
 from megatron_speech.models.config import SpeechGPTConfig
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
@@ -70,7 +71,7 @@ def model_config_from_hf(hf: dict[str, Any], where: str = "config.json") -> Spee
 def hf_config_from_model(config: SpeechGPTConfig, vocab_size: int, special_ids: dict[str, int]) -> dict[str, Any]:
     """A ``config.json`` for ``transformers``: Qwen2 when q/k/v carry biases, Llama otherwise."""
     model_type, arch = ("qwen2", "Qwen2ForCausalLM") if config.qkv_bias else ("llama", "LlamaForCausalLM")
-    out = {
+    return {
         "architectures": [arch],
         "model_type": model_type,
         "vocab_size": vocab_size,
@@ -91,7 +92,6 @@ def hf_config_from_model(config: SpeechGPTConfig, vocab_size: int, special_ids: 
         "torch_dtype": config.params_dtype,
         **special_ids,
     }
-    return out
 
 
 # ---------------------------------------------------------------- weights
@@ -189,6 +189,14 @@ def with_speech_vocabulary(full: dict[str, torch.Tensor], tokenizer, seed: int, 
     return expand_vocabulary(full, tokenizer.text_vocab_size, tokenizer.vocab_size, seed=seed)
 
 
+def load_as_speech_gpt(directory: str | Path, tokenizer, seed: int = 0) -> tuple[SpeechGPTConfig, dict[str, torch.Tensor]]:
+    """An HF folder as the speech GPT's shape and full state dict, with the tokenizer's vocabulary."""
+    hf_config, tensors = read_hf_checkpoint(directory)
+    config = model_config_from_hf(hf_config, f"{directory}/config.json")
+    full = from_hf_state_dict(tensors, config, str(directory))
+    return config, with_speech_vocabulary(full, tokenizer, seed, directory)
+
+
 # ---------------------------------------------------------------- files
 
 
@@ -244,11 +252,5 @@ def write_hf_checkpoint(directory: str | Path, hf_config: dict[str, Any], tensor
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
                  "weight_map": {k: n for n, s in zip(names, shards) for k in s}}
-        _write_json(directory / "model.safetensors.index.json", index)
-    _write_json(directory / "config.json", hf_config)
-
-
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+        atomic.write_json(directory / "model.safetensors.index.json", index)
+    atomic.write_json(directory / "config.json", hf_config)

@@ -9,10 +9,11 @@ prefix whose metadata exists is complete. ``megatron_speech.data.preprocess`` wr
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
+
+from megatron_speech import atomic
 
 META_SUFFIX = ".meta.json"
 
@@ -34,10 +35,7 @@ def read_metadata(prefix: str | Path) -> dict:
 
 
 def write_metadata(prefix: str | Path, metadata: dict) -> None:
-    path = metadata_path(prefix)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic.write_json(metadata_path(prefix), metadata)
 
 
 def read_sequence_lengths(idx_path: str | Path) -> np.ndarray:

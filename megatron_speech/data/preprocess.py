@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from megatron_speech import atomic
 from megatron_speech.data import indexed
 from megatron_speech.data.corpus import CorpusError, check_format, is_splittable, read_records
 from megatron_speech.data.layouts import LAYOUTS, layout_ids, parse_record
@@ -307,9 +308,7 @@ def _merge(config, chunks, results, tokenizer, job: str, elapsed: float) -> dict
     }
     report = Path(f"{prefix}.errors.jsonl")
     if errors:
-        tmp_report = report.with_name(report.name + ".tmp")
-        tmp_report.write_text("".join(json.dumps(e) + "\n" for e in errors))
-        os.replace(tmp_report, report)
+        atomic.write_text(report, "".join(json.dumps(e) + "\n" for e in errors))
     else:
         report.unlink(missing_ok=True)
     indexed.metadata_path(prefix).unlink(missing_ok=True)

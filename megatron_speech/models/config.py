@@ -23,7 +23,7 @@ from megatron_speech.parallel import ParallelConfig
 SHAPE_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size",
                 "tie_embeddings", "qkv_bias")
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -48,8 +48,8 @@ class SpeechGPTConfig:
     transformer_impl: str = "auto"  # auto | local | transformer_engine
 
     def __post_init__(self) -> None:
-        if self.params_dtype not in _DTYPES:
-            raise ValueError(f"params_dtype must be one of {sorted(_DTYPES)}, got {self.params_dtype!r}")
+        if self.params_dtype not in DTYPES:
+            raise ValueError(f"params_dtype must be one of {sorted(DTYPES)}, got {self.params_dtype!r}")
         if self.transformer_impl not in ("auto", "local", "transformer_engine"):
             raise ValueError(f"unknown transformer_impl {self.transformer_impl!r}")
         if self.num_attention_heads % self.num_query_groups:
@@ -57,7 +57,7 @@ class SpeechGPTConfig:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return _DTYPES[self.params_dtype]
+        return DTYPES[self.params_dtype]
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "SpeechGPTConfig":

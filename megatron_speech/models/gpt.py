@@ -83,7 +83,7 @@ def full_logits(model, tokens: torch.Tensor) -> torch.Tensor | None:
     positions = torch.arange(tokens.shape[1]).expand_as(tokens)
     if not model.pre_process:
         hidden = torch.empty(tokens.shape[1], tokens.shape[0], model.config.hidden_size,
-                             dtype=model.config.params_dtype, device=_device())
+                             dtype=model.config.params_dtype, device=par.collective_device())
         torch.distributed.recv(hidden, ps.get_pipeline_model_parallel_prev_rank())
         model.set_input_tensor(hidden)
     output = model(tokens, positions, None)
@@ -92,7 +92,3 @@ def full_logits(model, tokens: torch.Tensor) -> torch.Tensor | None:
         return None
     logits = gather_from_tensor_model_parallel_region(output)
     return logits[..., : model.true_vocab_size]
-
-
-def _device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")

@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from megatron_speech import atomic
+
 WORDNET_DIR = Path("/usr/share/wordnet")
 DEFAULT_VOICES = (
     "flite:slt", "flite:awb", "flite:kal16", "flite:rms",
@@ -191,12 +193,6 @@ def _manifest_line(utterance: Utterance, root: Path) -> dict:
             "speaker": utterance.voice, "id": f"{utterance.id}-{utterance.voice}"}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def build_corpus(config: SpeechCorpusConfig, sentences: list[str] | None = None) -> dict:
     """Synthesize what is missing and (re)write the manifests; returns counts per manifest."""
     root = Path(config.output_dir)
@@ -210,11 +206,11 @@ def build_corpus(config: SpeechCorpusConfig, sentences: list[str] | None = None)
     counts = {}
     for name in MANIFESTS:
         lines = [_manifest_line(u, root) for u in utterances if u.manifest == name]
-        _write_atomic(root / f"{name}.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
+        atomic.write_text(root / f"{name}.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
         counts[name] = {"utterances": len(lines), "hours": round(sum(x["duration"] for x in lines) / 3600, 3)}
     fingerprint = hashlib.sha256("\n".join(f"{u.id}|{u.voice}|{u.text}" for u in utterances).encode()).hexdigest()
     summary = {"config": asdict(config), "counts": counts, "plan_sha256": fingerprint,
                "text_source": "WordNet 3.0 usage examples (WordNet licence, Princeton University)",
                "synthesized_now": len(todo)}
-    _write_atomic(root / "corpus.json", json.dumps(summary, indent=2) + "\n")
+    atomic.write_json(root / "corpus.json", summary)
     return summary

@@ -26,10 +26,20 @@ class QuantizerOutput:
     restarted: int  # dead codes restarted in this call
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _distributed():
         dist.all_reduce(tensor)
     return tensor
+
+
+def perplexity(counts: torch.Tensor) -> torch.Tensor:
+    """exp(entropy) of the code distribution given by ``counts``: the number of codes "in use"."""
+    probs = counts / counts.sum().clamp_min(1)
+    return torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
 
 
 class VectorQuantizerEMA(nn.Module):
@@ -84,16 +94,14 @@ class VectorQuantizerEMA(nn.Module):
         diff = (x.float() - quantized.detach()).pow(2).mean(-1)
         commitment = self.commitment_weight * (diff * mask).sum() / mask.sum().clamp_min(1)
         quantized = x + (quantized - x).detach()  # straight-through
-        probs = counts / counts.sum().clamp_min(1)
-        perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
-        return QuantizerOutput(quantized.to(x.dtype), codes.view(b, t), commitment, perplexity, restarted)
+        return QuantizerOutput(quantized.to(x.dtype), codes.view(b, t), commitment, perplexity(counts), restarted)
 
     @torch.no_grad()
     def _init_from(self, frames: torch.Tensor) -> None:
         """Start the codebook at encoder frames of the first batch, where the data is."""
         picks = torch.randint(0, frames.shape[0], (self.num_codes,), device=frames.device)
         fresh = frames[picks] + 1e-3 * torch.randn(self.num_codes, self.dim, device=frames.device)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if _distributed():
             dist.broadcast(fresh, src=0)
         self.codebook.copy_(fresh)
         self.embed_sum.copy_(fresh)
@@ -117,7 +125,7 @@ class VectorQuantizerEMA(nn.Module):
             return 0
         picks = torch.randint(0, frames.shape[0], (dead.numel(),), device=frames.device)
         fresh = frames[picks]
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if _distributed():
             dist.broadcast(fresh, src=0)  # every replica restarts to the same frames
         self.codebook[dead] = fresh
         self.embed_sum[dead] = fresh

@@ -51,6 +51,11 @@ def load_audio(manifest: Path, number: int, line: dict, sample_rate: int) -> tor
     return torch.from_numpy(samples.astype("float32") / 32768.0)
 
 
+def pad_batch(waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-padded [batch, samples] audio and each utterance's length."""
+    return torch.nn.utils.rnn.pad_sequence(waves, batch_first=True), torch.tensor([w.numel() for w in waves])
+
+
 def _complete_lines(path: Path) -> list[str]:
     if not path.exists():
         return []
@@ -93,8 +98,7 @@ def tokenize_manifest(config: TokenizeConfig, model=None) -> dict:
                                           "reason": str(exc)}) + "\n")
                     skipped += 1
             if waves:
-                lengths = torch.tensor([w.numel() for w in waves])
-                codes = model.tokenize(torch.nn.utils.rnn.pad_sequence(waves, batch_first=True), lengths)
+                codes = model.tokenize(*pad_batch(waves))
                 for line, tokens in zip(batch, codes):
                     record = {"id": line.get("id", line["audio_filepath"]), "text": line.get("text", ""),
                               "speech_tokens": tokens}

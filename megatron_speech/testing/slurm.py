@@ -15,18 +15,20 @@ import subprocess
 import time
 from pathlib import Path
 
-from megatron_speech.testing.multiprocess import free_port
+from megatron_speech.parallel import free_port
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "mungekey")
 
 
-def _wait(predicate, timeout_s: float, what: str) -> None:
+def wait_for(predicate, timeout_s: float, what: str, detail=lambda: ""):
+    """Poll ``predicate`` until it returns something true (returned); on timeout, say what and ``detail()``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}\n{detail()}")
 
 
 class LocalSlurmCluster:
@@ -90,7 +92,7 @@ class LocalSlurmCluster:
         conf = self._path("slurm.conf")
         subprocess.run(["slurmctld", "-f", conf], check=True, env=self.env)
         subprocess.run(["slurmd", "-f", conf], check=True, env=self.env)
-        _wait(lambda: "idle" in self.run("sinfo", "-h", "-o", "%T", check=False), 60, "the node to be idle")
+        wait_for(lambda: "idle" in self.run("sinfo", "-h", "-o", "%T", check=False), 60, "the node to be idle")
         return self
 
     def run(self, *args: str, check: bool = True) -> str:
@@ -120,6 +122,18 @@ class LocalSlurmCluster:
     def release_requeued(self, job_id: int) -> None:
         """Slurm holds a requeued batch job for about two minutes; start it now instead."""
         self.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+
+    def completed(self, job_id: int) -> bool:
+        """Whether the job has completed. A requeued job held for its begin time is released, but
+        only once its node is idle: released while the previous run is still being torn down, Slurm
+        marks the job FAILED."""
+        state = self.job_field(job_id, "JobState")
+        if state == "FAILED":
+            raise RuntimeError(f"job {job_id} failed: {self.run('scontrol', 'show', 'job', str(job_id), check=False)}")
+        node_idle = self.run("sinfo", "-h", "-o", "%T", check=False) == "idle"
+        if state == "PENDING" and self.job_field(job_id, "Reason") == "BeginTime" and node_idle:
+            self.release_requeued(job_id)
+        return state == "COMPLETED"
 
     def stop(self) -> None:
         self.run("scancel", "--user=root", check=False)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megatron_speech import atomic
 from megatron_speech.models.config import SHAPE_FIELDS
 
 METADATA = "megatron_speech.json"
@@ -70,19 +71,18 @@ def _layout() -> dict[str, int]:
     }
 
 
-def _rng_object(state: dict | None = None):
+def _rng_object():
     """This rank's RNG state as a ShardedObject, one per (pp, tp, dp) position."""
     from megatron.core import parallel_state as ps
     from megatron.core import tensor_parallel
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-    if state is None:
-        state = {
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state(),
-            "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
-        }
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+    }
     return ShardedObject(
         "rng_state",
         state,
@@ -161,9 +161,7 @@ def save(root: str | Path, step: int, model_chunks: list, optimizer, scheduler, 
         (tmp / METADATA).write_text(json.dumps(info, indent=2, sort_keys=True))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        marker_tmp = Path(root) / f"{LATEST}.tmp"
-        marker_tmp.write_text(f"{step}\n")
-        os.replace(marker_tmp, Path(root) / LATEST)
+        atomic.write_text(Path(root) / LATEST, f"{step}\n")
     dist.barrier()
     return final
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from megatron_speech.models.config import SpeechGPTConfig
+from megatron_speech.overrides import apply as apply_overrides
 from megatron_speech.parallel import ParallelConfig
 from megatron_speech.training.data import DataConfig
 
@@ -91,10 +92,4 @@ class TrainConfig:
         if mixture:  # a separate data-mixture file; keys given inline take precedence
             with open(mixture) as f:  # paths in configs are relative to the working directory
                 values["data"] = {**yaml.safe_load(f), **values["data"]}
-        for dotted, value in (overrides or {}).items():
-            node = values
-            *parents, leaf = dotted.split(".")
-            for key in parents:
-                node = node.setdefault(key, {})
-            node[leaf] = value
-        return cls.from_dict(values)
+        return cls.from_dict(apply_overrides(values, overrides or {}))

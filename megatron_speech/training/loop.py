@@ -31,6 +31,7 @@ class TrainingState:
     scheduler: object
     tokenizer: SpeechTextTokenizer
     loaded: str  # where the weights came from, for the log
+    start_step: int = 0  # steps already done (a resumed run)
 
 
 def wrap_ddp(model, config: TrainConfig):
@@ -92,33 +93,29 @@ def build_optimizer(model_chunks: list, config: TrainConfig):
 
 
 def setup(config: TrainConfig) -> TrainingState:
-    """Model, optimizer and scheduler for this rank; weights from ``config.init`` or random.
+    """Model, optimizer and scheduler for this rank, resumed from ``checkpoint.dir`` when it holds a
+    checkpoint, else with weights from ``config.init`` (or random).
 
-    Weights are loaded before the optimizer exists, so bf16 runs copy them into fp32 master weights.
+    Initial weights are loaded before the optimizer exists, so bf16 runs copy them into fp32 master
+    weights; a resumed run loads the master weights with the optimizer state.
     """
     par.init_distributed(config.parallel, seed=config.schedule.seed)
+    tokenizer = SpeechTextTokenizer.load(config.tokenizer)
+    resume = None
     if config.checkpoint.dir:
         checkpoint.check_optimizer_supported(config.optim.use_distributed_optimizer)
-    tokenizer = SpeechTextTokenizer.load(config.tokenizer)
+        resume = checkpoint.read_info(config.checkpoint.dir)
+        if resume is not None:  # refuse a foreign checkpoint before building anything
+            checkpoint.check_compatible(resume, run_metadata(config.model, tokenizer))
     model = build_model(config.model, tokenizer.vocab_size, config.parallel)
-    resuming = config.checkpoint.dir and checkpoint.read_info(config.checkpoint.dir) is not None
-    loaded = "from checkpoint" if resuming else initialise(model, config, tokenizer)
+    loaded = "" if resume else initialise(model, config.init, config.model, tokenizer)
     chunks = [wrap_ddp(model, config)]
     optimizer, scheduler = build_optimizer(chunks, config)
-    return TrainingState(chunks, optimizer, scheduler, tokenizer, loaded)
-
-
-def _resume(state: TrainingState, config: TrainConfig) -> int:
-    """The step to start at: after the newest checkpoint in ``checkpoint.dir``, else 0."""
-    if not config.checkpoint.dir:
-        return 0
-    info = checkpoint.read_info(config.checkpoint.dir)
-    if info is None:
-        return 0
-    checkpoint.check_compatible(info, run_metadata(config.model, state.tokenizer))
-    checkpoint.load(info, state.model_chunks, state.optimizer, state.scheduler)
-    state.loaded = f"resumed from {info.path} (saved with {info.metadata['layout']})"
-    return info.step
+    if resume is None:
+        return TrainingState(chunks, optimizer, scheduler, tokenizer, loaded)
+    checkpoint.load(resume, chunks, optimizer, scheduler)
+    loaded = f"resumed from {resume.path} (saved with {resume.metadata['layout']})"
+    return TrainingState(chunks, optimizer, scheduler, tokenizer, loaded, start_step=resume.step)
 
 
 def _save(state: TrainingState, config: TrainConfig, step: int) -> None:
@@ -160,7 +157,7 @@ def pretrain(config: TrainConfig) -> TrainOutcome:
     from megatron.core import parallel_state
 
     state = setup(config)
-    start = _resume(state, config)
+    start = state.start_step
     s = config.schedule
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
