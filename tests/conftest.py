@@ -1,10 +1,12 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from megatron_speech.data.default_corpus import default_documents
 from megatron_speech.data.preprocess import PreprocessConfig, preprocess
+from megatron_speech.testing.multiprocess import run_processes
 from megatron_speech.tokenizer import SpeechTextTokenizer
 from megatron_speech.tokenizer.train_text_tokenizer import train_bpe
 
@@ -60,8 +62,6 @@ def tiny_train_config(root: Path, **schedule) -> dict:
 @pytest.fixture(scope="session")
 def blend(prepared):
     """``prepared`` plus TTS and interleaved sets with random speech codes: a three-source mixture."""
-    import numpy as np
-
     root, tokenizer = prepared
     rng = np.random.default_rng(0)
     docs = default_documents()[800:1400]
@@ -79,3 +79,54 @@ def blend(prepared):
         {"prefix": str(root / "data" / "tts"), "weight": 0.2, "layout": "tts", "loss": "audio"},
         {"prefix": str(root / "data" / "interleaved"), "weight": 0.3, "layout": "interleaved"},
     ]
+
+
+# ---- a tiny text-to-token model, trained through the pre-training entry point -----------------
+
+
+def word_code(word: str, codebook_size: int) -> int:
+    return ord(word.lower()[0]) % codebook_size
+
+
+# One code a word is about 0.17 codes a character; real speech at 12.5 Hz has about 0.9.
+SYNTHETIC_RATE = {"min_tokens_per_char": 0.05}
+
+
+def tts_records(codebook_size: int, count: int) -> list[dict]:
+    """Short texts with one 'speech' code a word: in 150 steps a 2-layer model learns the lengths
+    (when to end a span), which is what these tests need; not the codes themselves."""
+    records, rng = [], np.random.default_rng(0)
+    for doc in default_documents()[:count]:
+        words = doc.split()
+        start = 0
+        while start < len(words):
+            n = int(rng.integers(3, 13))
+            chunk = words[start: start + n]
+            start += n
+            records.append({"text": " ".join(chunk), "speech_tokens": [word_code(w, codebook_size) for w in chunk]})
+    return records
+
+
+def train_in_process(values: dict) -> None:
+    from megatron_speech.parallel import shutdown
+    from megatron_speech.training.config import TrainConfig
+    from megatron_speech.training.loop import pretrain
+
+    pretrain(TrainConfig.from_dict(values))
+    shutdown()
+
+
+@pytest.fixture(scope="session")
+def t2t(prepared, tmp_path_factory):
+    """A tiny text-to-token checkpoint: (work dir with ckpt/, tokenizer dir, tokenizer)."""
+    root, tokenizer = prepared
+    work = tmp_path_factory.mktemp("t2t")
+    records = tts_records(tokenizer.codebook_size, 300)
+    (work / "tts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    preprocess(PreprocessConfig([str(work / "tts.jsonl")], str(work / "tts"), str(root / "tokenizer"), layout="tts"))
+    values = tiny_train_config(root, steps=150, global_batch_size=16, micro_batch_size=8)
+    values["data"] = {"sources": [{"prefix": str(work / "tts"), "layout": "tts", "loss": "audio"}], "seq_length": 64}
+    values["model"]["max_sequence_length"] = 128
+    values["checkpoint"] = {"dir": str(work / "ckpt")}
+    run_processes(train_in_process, 1, values)
+    return work, root / "tokenizer", tokenizer

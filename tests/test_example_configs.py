@@ -33,10 +33,12 @@ def test_config_parses_and_fits_its_parallel_layout(path, monkeypatch):
     assert config.data.sources and all(s.weight > 0 for s in config.data.sources)
 
 
-@pytest.mark.parametrize("name, billions", [("speech_gpt_1b", (1.2, 1.6)), ("glm4_9b", (9.0, 10.5))])
+@pytest.mark.parametrize("name, billions", [("pretrain/configs/speech_gpt_1b", (1.2, 1.6)),
+                                            ("pretrain/configs/glm4_9b", (9.0, 10.5)),
+                                            ("synthesize/configs/text_to_token_1b5", (1.4, 1.8))])
 def test_model_sizes(name, billions, monkeypatch):
     monkeypatch.chdir(REPO)
-    config = TrainConfig.from_yaml(REPO / "examples/pretrain/configs" / f"{name}.yaml")
+    config = TrainConfig.from_yaml(REPO / "examples" / f"{name}.yaml")
     count = parameter_count(config.model, 151_552 + 16_384 + 7) / 1e9
     assert billions[0] <= count <= billions[1], count
 

@@ -1,14 +1,19 @@
-"""The CPU sbatch script on a real one-node Slurm cluster: SIGTERM mid-run, requeue, exact resume."""
+"""The Slurm scripts on a real one-node cluster: pre-training (SIGTERM mid-run, requeue, exact resume)
+and a synthesis array with its finalize job."""
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from megatron_speech.data.default_corpus import default_documents
 from megatron_speech.testing.multiprocess import run_processes
 from megatron_speech.testing.slurm import LocalSlurmCluster, wait_for
 from megatron_speech.training.config import TrainConfig
+from conftest import SYNTHETIC_RATE
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "examples/pretrain/configs/cpu_tiny.yaml"
@@ -76,3 +81,44 @@ def test_sbatch_job_is_signalled_requeued_and_resumes_exactly(blend, tmp_path):
                                                  "schedule.metrics_file": None})[0]
     for step in range(1, STEPS + 1):
         assert resumed[step] == pytest.approx(reference[step], abs=1e-5), step
+
+
+def test_synthesis_array_and_finalize(t2t, tmp_path):
+    work, tokenizer_dir, tokenizer = t2t
+    corpus = tmp_path / "corpus.jsonl"
+    docs = [" ".join(d.split()[:30]) for d in default_documents()[1500:1530]]
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
+    config = tmp_path / "synth.yaml"
+    config.write_text(json.dumps({
+        "inputs": [str(corpus)], "output_dir": str(tmp_path / "out"), "checkpoint": str(work / "ckpt"),
+        "tokenizer": str(tokenizer_dir), "chunk_bytes": 1500, "indexed_prefix": str(tmp_path / "indexed"),
+        "generation": SYNTHETIC_RATE}))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    with LocalSlurmCluster(tmp_path / "slurm", cpus=2) as cluster:
+        env = {**cluster.env, "SHARDS": "2", "PYTHON": sys.executable,
+               "SBATCH_OPTIONS": f"--output={logs}/%x-%A_%a.out"}
+        submitted = subprocess.run(["bash", "examples/synthesize/submit.sh", str(config)], cwd=REPO, env=env,
+                                   capture_output=True, text=True, check=True)
+        array, final = map(int, submitted.stdout.split())
+
+        def detail() -> str:
+            return "\n".join(p.read_text() for p in sorted(logs.iterdir())) + cluster.run(
+                "scontrol", "show", "job", str(final), check=False)
+
+        def finished() -> bool:
+            if cluster.job_field(final, "Reason") == "DependencyNeverSatisfied":
+                raise AssertionError(f"a shard failed:\n{detail()}")
+            return cluster.job_field(final, "JobState") == "COMPLETED"
+
+        wait_for(finished, 300, "the finalize job", detail)
+    ran = sorted(p.name.split(".")[0].rsplit("_", 1)[0] if "finalize" in p.name else p.name for p in logs.iterdir())
+    assert ran == [f"synthesize-{array}_0.out", f"synthesize-{array}_1.out", f"synthesize-finalize-{final}"]
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["documents"] == len(docs) and stats["chunks"] > 2
+    parts = sorted((tmp_path / "out" / "parts").glob("*.jsonl"))
+    assert len(parts) == stats["chunks"]
+    ids = [json.loads(line)["id"] for p in parts for line in p.read_text().splitlines()]
+    assert ids == [f"corpus.jsonl:{n}" for n in range(1, len(docs) + 1)]  # every document once, in order
+    assert stats["indexed"]["documents"] == len(docs)
+    assert os.path.exists(tmp_path / "indexed.bin") and tokenizer.codebook_size == 64

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The mini text-to-token model and synthesis, end to end on CPU (about 20 minutes). Needs the speech
+# corpus and the mini speech tokenizer (examples/speech_tokenizer/README.md) and the default corpus
+# and tokenizer of the small default (examples/tiny/run.sh). Every step is skipped when its output exists.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PYTHON:-.venv/bin/python}
+SPEECH_TOKENIZER=${SPEECH_TOKENIZER:-work/speech_tokenizer/speech_tokenizer_mini/speech_tokenizer_mini.nemo}
+W=work/t2t
+
+# 1. speech tokens of the corpus (contract 2)
+for split in train test test_heldout_voice; do
+  [ -f $W/tokens_$split.jsonl ] || $PY tools/tokenize_speech.py work/speech_corpus/$split.jsonl \
+    $W/tokens_$split.jsonl --model "$SPEECH_TOKENIZER" --batch-size 32
+done
+# 2. the text-to-token model's tokenizer: a small BPE on the transcripts, plus the 512 speech codes
+[ -f $W/tokenizer/speech_text_tokenizer.json ] || $PY tools/build_tokenizer.py $W/tokenizer \
+  --train-on $W/tokens_train.jsonl --text-vocab-size 512 --codebook-size 512
+# 3. TTS pairs as indexed binaries: text <|begin_of_audio|> tokens <|end_of_audio|>
+[ -f $W/data/tts_train.meta.json ] || $PY tools/preprocess_data.py $W/tokens_train.jsonl \
+  --tokenizer $W/tokenizer --output-prefix $W/data/tts_train --layout tts
+# 4. train through the pre-training entry point (resumes if interrupted)
+$PY -m torch.distributed.run --standalone --nproc-per-node "${NPROC:-2}" tools/pretrain.py \
+  --config examples/synthesize/configs/text_to_token_mini.yaml
+# 5. do the synthetic tokens keep their words? (held-out sentences, training voices and held-out voice)
+for split in test test_heldout_voice; do
+  [ -f $W/eval_$split.json ] || $PY tools/evaluate_synthesis.py --config examples/synthesize/mini.yaml \
+    --speech-tokenizer "$SPEECH_TOKENIZER" --texts $W/tokens_$split.jsonl --output $W/eval_$split.json
+done
+# 6. synthesize interleaved data from the default corpus, then indexed binaries for pre-training
+$PY tools/synthesize_interleaved.py --config examples/synthesize/mini.yaml
+$PY tools/synthesize_interleaved.py --config examples/synthesize/mini.yaml --finalize

@@ -1,0 +1,64 @@
+"""Do synthetic speech tokens keep their words? Transcribe them with the speech tokenizer's ASR head.
+
+The paper checks its text-to-token model this way (WER of the tokens' transcription against the
+text). The ASR head's WER on tokens of real audio of the same sentences is reported beside it: the
+synthetic tokens cannot say more than the tokenizer lets through, so that is the floor to read the
+synthetic figure against.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from megatron_speech.speech.corpus import normalize_text
+from megatron_speech.synthesis.generate import SpanGenerator
+
+
+def _error_rates(hyps: list[str], refs: list[str]) -> tuple[float, float]:
+    """(word, character) error rates; the character rate shows what a misspelt word still keeps."""
+    from nemo.collections.asr.metrics.wer import word_error_rate
+
+    if not refs:
+        return float("nan"), float("nan")
+    return float(word_error_rate(hyps, refs)), float(word_error_rate(hyps, refs, use_cer=True))
+
+
+def evaluate_synthesis(generator: SpanGenerator, speech_model, records: list[dict], batch_size: int = 32) -> dict:
+    """``records``: ``{text, speech_tokens?}`` (tokenize_speech output); one synthesized span each."""
+    texts = [r["text"] for r in records]
+    results = generator.generate(texts, seeds=list(range(len(texts))))
+    accepted = [(t, r.codes) for t, r in zip(texts, results) if r.codes is not None]
+    hyps: list[str] = []
+    for start in range(0, len(accepted), batch_size):
+        hyps += speech_model.transcribe_tokens([list(c) for _, c in accepted[start:start + batch_size]])
+    refs = [normalize_text(t) for t, _ in accepted]
+    report = {
+        "spans": len(texts),
+        "accepted": len(accepted),
+        "rejected_reasons": sorted({r.reason for r in results if r.codes is None}),
+        "synthetic_tokens_per_char": sum(len(c) for _, c in accepted) / max(1, sum(len(t) for t in refs)),
+        "examples": [{"text": r, "transcript": h} for r, h in list(zip(refs, hyps))[:5]],
+    }
+    report["synthetic_wer"], report["synthetic_cer"] = _error_rates(hyps, refs)
+    real = [r for r in records if r.get("speech_tokens")]
+    if real:
+        real_hyps = []
+        for start in range(0, len(real), batch_size):
+            real_hyps += speech_model.transcribe_tokens([r["speech_tokens"] for r in real[start:start + batch_size]])
+        report["real_tokens_wer"], report["real_tokens_cer"] = _error_rates(
+            real_hyps, [normalize_text(r["text"]) for r in real])
+        report["real_tokens_per_char"] = sum(len(r["speech_tokens"]) for r in real) / max(
+            1, sum(len(normalize_text(r["text"])) for r in real))
+    return report
+
+
+def read_records(path: str | Path, limit: int | None = None) -> list[dict]:
+    """Unique texts of a speech-token jsonl (the first record of each text), in file order."""
+    seen, out = set(), []
+    for line in Path(path).read_text().splitlines():
+        record = json.loads(line)
+        if record["text"] not in seen:
+            seen.add(record["text"])
+            out.append(record)
+    return out[:limit]

@@ -1,0 +1,43 @@
+"""WER of synthesized speech tokens, transcribed by the speech tokenizer's ASR head.
+
+    .venv/bin/python tools/evaluate_synthesis.py --config examples/synthesize/mini.yaml \
+        --speech-tokenizer work/speech_tokenizer/speech_tokenizer_mini/speech_tokenizer_mini.nemo \
+        --texts work/t2t/tokens_test.jsonl --output work/t2t/eval_test.json
+
+``--texts`` is speech-token jsonl (tools/tokenize_speech.py output): each unique text is synthesized
+once, and its real tokens are transcribed too, for comparison.
+"""
+
+import argparse
+import json
+
+import yaml
+
+from megatron_speech import atomic, overrides
+from megatron_speech.synthesis.evaluate import evaluate_synthesis, read_records
+from megatron_speech.synthesis.pipeline import SynthesisConfig, load_generator
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="synthesis YAML: the model and generation settings")
+    parser.add_argument("--speech-tokenizer", required=True, help=".nemo file whose ASR head transcribes")
+    parser.add_argument("--texts", required=True, help="speech-token jsonl with the texts to synthesize")
+    parser.add_argument("--limit", type=int, help="at most this many texts")
+    parser.add_argument("--output", help="write the report here as JSON")
+    overrides.add_argument(parser)
+    args = parser.parse_args()
+    with open(args.config) as f:
+        config = SynthesisConfig.from_dict(overrides.apply(yaml.safe_load(f), overrides.parse(args.set)))
+    from megatron_speech.speech.tokenizer_model import SpeechTokenizerModel
+
+    speech_model = SpeechTokenizerModel.restore_from(args.speech_tokenizer, map_location="cpu").eval()
+    report = evaluate_synthesis(load_generator(config), speech_model, read_records(args.texts, args.limit))
+    report["texts"] = args.texts
+    if args.output:
+        atomic.write_json(args.output, report)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
