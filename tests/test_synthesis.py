@@ -244,3 +244,38 @@ def test_rejected_spans_stay_text(t2t, corpus, tmp_path, strategy, attempts):
     source = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
     records = [json.loads(line) for line in (tmp_path / "strict" / "parts" / "00000.jsonl").read_text().splitlines()]
     assert [r["segments"] for r in records] == [[{"text": t}] for t in source]
+
+
+# ---- the WER check ----------------------------------------------------------------------------
+
+
+class _OracleGenerator:
+    """Returns each text's real tokens: a text-to-token model that is exactly right."""
+
+    def __init__(self, tokens_by_text: dict[str, list[int]]) -> None:
+        self.tokens_by_text = tokens_by_text
+
+    def generate(self, texts, seeds):
+        from megatron_speech.synthesis.generate import SpanResult
+
+        return [SpanResult(tuple(self.tokens_by_text[t]), 1) if t in self.tokens_by_text
+                else SpanResult(None, 1, "too short") for t in texts]
+
+
+def test_wer_check_scores_an_exact_model_like_real_tokens():
+    from megatron_speech.synthesis.evaluate import evaluate_synthesis
+    from test_speech_tokenizer import _model
+
+    speech_model = _model().eval()
+    rng = np.random.default_rng(0)
+    records = [{"text": text, "speech_tokens": rng.integers(0, 16, 8 + 2 * i).tolist()}
+               for i, text in enumerate(["The cat sat.", "a dog ran home", "birds fly south", "it rained"])]
+    oracle = _OracleGenerator({r["text"]: r["speech_tokens"] for r in records[:3]})
+    report = evaluate_synthesis(oracle, speech_model, records, batch_size=2)
+    assert report["spans"] == 4 and report["accepted"] == 3 and report["rejected_reasons"] == ["too short"]
+    exact = evaluate_synthesis(oracle, speech_model, records[:3])
+    assert exact["synthetic_wer"] == exact["real_tokens_wer"] and exact["synthetic_cer"] == exact["real_tokens_cer"]
+    assert exact["synthetic_tokens_per_char"] == exact["real_tokens_per_char"]
+    hyps = speech_model.transcribe_tokens([r["speech_tokens"] for r in records[:3]])
+    assert [e["transcript"] for e in exact["examples"]] == hyps
+    assert [e["text"] for e in exact["examples"]] == ["the cat sat", "a dog ran home", "birds fly south"]
