@@ -72,7 +72,7 @@ def plain_loop(generator: SpanGenerator, texts: list[str]) -> int:
         ids = torch.tensor([generator.prompt(text)], device=device)
         for _ in range(generator.config.length_bounds(text)[1] + 1):
             logits = full_logits(generator.model, ids)[0, -1]
-            logits = logits.masked_fill(~generator.allowed.to(device), float("-inf"))
+            logits = logits.masked_fill(~generator.allowed, float("-inf"))
             ids = torch.cat([ids, logits.argmax().view(1, 1)], dim=1)
             tokens_out += 1
     return tokens_out

@@ -82,6 +82,7 @@ class SpanGenerator:
         self.allowed = torch.zeros(vocab, dtype=torch.bool)
         self.allowed[tokenizer.audio_offset: tokenizer.audio_offset + tokenizer.codebook_size] = True
         self.allowed[tokenizer.eoa] = True
+        self.allowed = self.allowed.to(self.device)
 
     def spoken_text(self, text: str) -> str:
         return normalize_text(text) if self.config.normalize_text else text
@@ -182,7 +183,7 @@ class SpanGenerator:
         """The next token of each active row (-1 for the others). Only active rows draw from their
         generator, so a span's draws do not depend on the rows beside it."""
         if self.config.audio_only:
-            logits = logits.masked_fill(~self.allowed.to(logits.device), float("-inf"))
+            logits = logits.masked_fill(~self.allowed, float("-inf"))
         if self.config.strategy == "greedy":
             return logits.argmax(dim=-1).tolist()
         probs = filtered_probabilities(logits, self.config.temperature, self.config.top_k, self.config.top_p).cpu()

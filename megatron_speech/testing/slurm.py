@@ -17,6 +17,7 @@ from pathlib import Path
 
 from megatron_speech.parallel import free_port
 
+REQUEUE_DELAY_S = 10  # a requeued job starts again after this many seconds (Slurm's default: 120)
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "mungekey")
 
 
@@ -51,7 +52,9 @@ class LocalSlurmCluster:
             "SlurmUser": "root",
             "SlurmdUser": "root",
             "AuthType": "auth/munge",
-            "AuthInfo": f"socket={self._path('munge/munge.socket')}",
+            # cred_expire also sets how long a requeued job waits before it may start again (120 s
+            # by default). A job started sooner is refused by slurmd ("credential revoked") and FAILS.
+            "AuthInfo": f"socket={self._path('munge/munge.socket')},cred_expire={REQUEUE_DELAY_S}",
             "CredType": "cred/munge",
             "SlurmctldPort": free_port(),
             "SlurmdPort": free_port(),
@@ -119,20 +122,11 @@ class LocalSlurmCluster:
                 return value
         return ""
 
-    def release_requeued(self, job_id: int) -> None:
-        """Slurm holds a requeued batch job for about two minutes; start it now instead."""
-        self.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
-
     def completed(self, job_id: int) -> bool:
-        """Whether the job has completed. A requeued job held for its begin time is released, but
-        only once its node is idle: released while the previous run is still being torn down, Slurm
-        marks the job FAILED."""
+        """Whether the job has completed; raises once it has failed."""
         state = self.job_field(job_id, "JobState")
         if state == "FAILED":
             raise RuntimeError(f"job {job_id} failed: {self.run('scontrol', 'show', 'job', str(job_id), check=False)}")
-        node_idle = self.run("sinfo", "-h", "-o", "%T", check=False) == "idle"
-        if state == "PENDING" and self.job_field(job_id, "Reason") == "BeginTime" and node_idle:
-            self.release_requeued(job_id)
         return state == "COMPLETED"
 
     def stop(self) -> None:
