@@ -166,27 +166,31 @@ class Synthesizer:
             stats.words += len(word_offsets(text))
             stats.spans += len(spans)
         results = iter(self.generator.generate(requests, seeds))
-        records = []
-        for (doc_id, _), doc_pieces in zip(documents, pieces):
-            segments: list[dict] = []
-            for piece in doc_pieces:
-                if not piece.speech:
-                    _append_text(segments, piece.text)
-                    continue
-                result = next(results)
-                stats.attempts += result.attempts
-                if result.codes is None:
-                    stats.rejected += 1
-                    _append_text(segments, piece.text)
-                else:
-                    segments.append({"audio": list(result.codes)})
-                    stats.speech_words += len(word_offsets(piece.text))
-                    stats.speech_tokens += len(result.codes)
-            texts = [s["text"] for s in segments if "text" in s]
-            stats.text_tokens += sum(map(len, self.text_tokenizer.tokenize_batch(texts))) if texts else 0
-            records.append({"id": doc_id, "segments": segments})
+        records = [{"id": doc_id, "segments": self._segments(doc_pieces, results, stats)}
+                   for (doc_id, _), doc_pieces in zip(documents, pieces)]
         stats.documents += len(documents)
         return records
+
+    def _segments(self, pieces, results, stats: ChunkStats) -> list[dict]:
+        """One document's segments: its text pieces, and each speech piece as audio (or as text
+        again when its span was rejected); adjacent text joined."""
+        segments: list[dict] = []
+        for piece in pieces:
+            if not piece.speech:
+                _append_text(segments, piece.text)
+                continue
+            result = next(results)
+            stats.attempts += result.attempts
+            if result.codes is None:
+                stats.rejected += 1
+                _append_text(segments, piece.text)
+            else:
+                segments.append({"audio": list(result.codes)})
+                stats.speech_words += len(word_offsets(piece.text))
+                stats.speech_tokens += len(result.codes)
+        texts = [s["text"] for s in segments if "text" in s]
+        stats.text_tokens += sum(map(len, self.text_tokenizer.tokenize_batch(texts))) if texts else 0
+        return segments
 
     # ---- one chunk --------------------------------------------------------------------------
 
