@@ -113,9 +113,10 @@ def test_tokens_feed_the_preprocessing_tool(small_corpus, tmp_path, speech_token
     from megatron_speech.data.preprocess import PreprocessConfig, preprocess
     from megatron_speech.speech.corpus import read_wav
 
-    model = _model().eval()
-    stats = _tokenize(small_corpus / "train.jsonl", tmp_path / "tokens.jsonl", model)
-    records = [json.loads(l) for l in (tmp_path / "tokens.jsonl").read_text().splitlines()]
+    model = _model().eval()  # the output folder does not exist yet: the tool makes it
+    tokens = tmp_path / "tokens" / "train.jsonl"
+    stats = _tokenize(small_corpus / "train.jsonl", tokens, model)
+    records = [json.loads(l) for l in tokens.read_text().splitlines()]
     manifest = [json.loads(l) for l in (small_corpus / "train.jsonl").read_text().splitlines()]
     assert stats["written"] == len(records) == len(manifest) == 12
     for record, line in zip(records, manifest):
@@ -123,10 +124,10 @@ def test_tokens_feed_the_preprocessing_tool(small_corpus, tmp_path, speech_token
         assert len(record["speech_tokens"]) == samples.size // 1280 and record["text"] == line["text"]
     speech_tokenizer.save(tmp_path / "tok")
     for layout in ("speech", "asr", "tts"):
-        preprocess(PreprocessConfig([str(tmp_path / "tokens.jsonl")], str(tmp_path / layout), str(tmp_path / "tok"),
+        preprocess(PreprocessConfig([str(tokens)], str(tmp_path / layout), str(tmp_path / "tok"),
                                     layout=layout))
         assert (tmp_path / f"{layout}.bin").stat().st_size > 0
-    assert _tokenize(small_corpus / "train.jsonl", tmp_path / "tokens.jsonl", model)["already_done"]
+    assert _tokenize(small_corpus / "train.jsonl", tokens, model)["already_done"]
 
 
 def test_resume_after_a_crash_gives_the_same_file(small_corpus, tmp_path):
@@ -167,6 +168,51 @@ def test_bad_audio_is_named_or_skipped(small_corpus, tmp_path, problem, message)
     assert stats["written"] == 3 and stats["skipped"] == 1
     report = [json.loads(l) for l in (tmp_path / "out.jsonl.errors.jsonl").read_text().splitlines()]
     assert report[0]["line"] == 2 and message in report[0]["reason"]
+
+
+def test_duration_buckets_give_every_utterance_once(small_corpus):
+    """The mini recipe's Lhotse loader: one pass is the manifest, each utterance once, batches within
+    their duration budget."""
+    data = OmegaConf.load(REPO / "examples/speech_tokenizer/conf/mini.yaml").model.train_ds
+    assert data.use_bucketing and data.batch_duration
+    data.update(manifest_filepath=str(small_corpus / "train.jsonl"), batch_duration=6.0, num_buckets=2,
+                num_cuts_for_bins_estimate=100)
+    model = _model()
+    texts = []
+    for audio, audio_lengths, targets, target_lengths in (batch[:4] for batch in model._loader(data)):
+        assert len(audio_lengths) == 1 or audio_lengths.sum() / 16000 <= 6.0
+        assert audio.shape[1] == audio_lengths.max()
+        for t, n in zip(targets.tolist(), target_lengths.tolist()):
+            texts.append("".join(model.labels[i] for i in t[:n]))
+    manifest = [json.loads(l)["text"] for l in (small_corpus / "train.jsonl").read_text().splitlines()]
+    assert sorted(texts) == sorted(manifest)
+
+
+def test_training_recipe_writes_a_checkpoint_and_its_report(tmp_path):
+    """tools/train_speech_tokenizer.py end to end on a tiny corpus and model: .nemo + eval.json."""
+    import subprocess
+    import sys
+
+    from megatron_speech.speech.corpus import SpeechCorpusConfig, build_corpus
+
+    corpus = tmp_path / "corpus"
+    voices = ["flite:slt", "espeak:en-us", "flite:awb"]
+    build_corpus(SpeechCorpusConfig(str(corpus), num_sentences=8, voices=voices, held_out_voice="flite:awb",
+                                    dev_fraction=0.25, test_fraction=0.25))
+    tiny = ["model.encoder.n_layers=1", "model.encoder.d_model=32", "model.encoder.n_heads=2",
+            "model.post_encoder.feat_in=32", "model.post_encoder.n_layers=1", "model.post_encoder.d_model=32",
+            "model.post_encoder.n_heads=2", "model.quantizer.num_codes=16", "model.quantizer.dim=8",
+            f"model.train_ds.manifest_filepath={corpus}/train.jsonl", "model.train_ds.batch_duration=8",
+            "model.train_ds.num_buckets=2", f"model.validation_ds.manifest_filepath={corpus}/dev.jsonl",
+            "model.optim.sched.warmup_steps=1", "trainer.max_steps=3", "trainer.val_check_interval=3",
+            f"exp_manager.exp_dir={tmp_path}/runs", "name=tiny"]
+    tool = REPO / "tools/train_speech_tokenizer.py"
+    subprocess.run([sys.executable, str(tool), *tiny], check=True, cwd=tmp_path, capture_output=True)
+    report = json.loads((tmp_path / "runs/tiny/tiny.eval.json").read_text())
+    assert report["steps"] == 3 and report["token_rate"] == 12.5
+    assert [r["manifest"] for r in report["results"]] == ["test.jsonl", "test_heldout_voice.jsonl"]
+    assert all(r["utterances"] == 2 and 0 <= r["codebook_usage"] <= 1 for r in report["results"])
+    assert (tmp_path / "runs/tiny/tiny.nemo").stat().st_size > 0
 
 
 def test_full_scale_config_has_consistent_shapes():

@@ -1,6 +1,6 @@
 """Synthesize the multi-speaker English speech corpus (WordNet sentences, espeak-ng and flite voices).
 
-    .venv/bin/python tools/build_speech_corpus.py work/speech_corpus --num-sentences 3000
+    .venv/bin/python tools/build_speech_corpus.py work/speech_corpus
 
 Writes 16 kHz wavs and NeMo-style manifests (train/dev/test, plus dev/test of the held-out voice).
 Rerunning reuses finished wavs and rewrites identical manifests.
@@ -15,10 +15,10 @@ from megatron_speech.speech.corpus import DEFAULT_VOICES, SpeechCorpusConfig, bu
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output_dir")
-    parser.add_argument("--num-sentences", type=int, default=3000)
+    parser.add_argument("--num-sentences", type=int, default=10000)
     parser.add_argument("--voices", nargs="+", default=list(DEFAULT_VOICES), help="engine:voice, e.g. flite:slt")
     parser.add_argument("--held-out-voice", default="flite:rms")
-    parser.add_argument("--voices-per-sentence", type=int, default=2)
+    parser.add_argument("--voices-per-sentence", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()

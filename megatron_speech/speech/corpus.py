@@ -50,10 +50,10 @@ _SENTENCE = re.compile(r"[A-Za-z][A-Za-z' ,]*[A-Za-z]")
 @dataclass
 class SpeechCorpusConfig:
     output_dir: str
-    num_sentences: int = 3000
+    num_sentences: int = 10000
     voices: list[str] = field(default_factory=lambda: list(DEFAULT_VOICES))
     held_out_voice: str = "flite:rms"
-    voices_per_sentence: int = 2  # training voices speaking each train sentence
+    voices_per_sentence: int = 1  # voices per train sentence: more sentences beat more voices each
     dev_fraction: float = 0.04
     test_fraction: float = 0.04
     min_words: int = 4

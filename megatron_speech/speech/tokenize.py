@@ -77,6 +77,7 @@ def tokenize_manifest(config: TokenizeConfig, model=None) -> dict:
     model.eval()
     records = [(n, json.loads(l)) for n, l in enumerate(manifest.read_text().splitlines(), 1) if l.strip()]
     partial = Path(f"{output}.partial")
+    output.parent.mkdir(parents=True, exist_ok=True)
     done = _complete_lines(partial)
     errors = [json.loads(l) for l in _complete_lines(Path(f"{errors_path}.partial"))]
     position = len(done) + len(errors)  # records consumed so far, written or skipped

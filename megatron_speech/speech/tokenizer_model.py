@@ -55,13 +55,15 @@ class SpeechTokenizerModel(ModelPT):
                                             cfg.quantizer.commitment_weight, cfg.quantizer.dead_code_threshold,
                                             normalize=cfg.quantizer.get("normalize", False))
         self.post_quantizer = torch.nn.Linear(cfg.quantizer.dim, cfg.post_encoder.d_model)
-        # Characters come faster than 12.5 tokens/s, so CTC needs more frames than tokens: the ASR
-        # head repeats each token's vector to ctc_frame_rate before its Conformer layers.
+        # Characters come faster than 12.5 tokens/s, so CTC needs more frames than tokens: after its
+        # Conformer layers (at the token rate, where they are cheap) the ASR head gives each token
+        # `upsample` frames of character logits, reaching ctc_frame_rate.
         self.upsample = int(round(cfg.ctc_frame_rate / cfg.token_rate))
         if self.upsample < 1 or abs(self.upsample * cfg.token_rate - cfg.ctc_frame_rate) > 1e-6:
             raise ValueError(f"ctc_frame_rate {cfg.ctc_frame_rate} must be a multiple of token_rate {cfg.token_rate}")
         self.post_encoder = ModelPT.from_config_dict(cfg.post_encoder)
-        self.ctc_head = torch.nn.Linear(cfg.post_encoder.d_model, len(self.labels) + 1)  # + blank (last)
+        self.num_classes = len(self.labels) + 1  # + blank (last)
+        self.ctc_head = torch.nn.Linear(cfg.post_encoder.d_model, self.upsample * self.num_classes)
         self.ctc_loss = torch.nn.CTCLoss(blank=len(self.labels), zero_infinity=True)
         self.validation_step_outputs: list[dict] = []
 
@@ -89,10 +91,11 @@ class SpeechTokenizerModel(ModelPT):
 
     def _asr_head(self, quantized: torch.Tensor, lengths: torch.Tensor):
         """Character logits [B, T * upsample, labels + 1] from quantized token vectors [B, T, D]."""
-        x = self.post_quantizer(quantized).repeat_interleave(self.upsample, dim=1)
-        lengths = lengths * self.upsample
+        x = self.post_quantizer(quantized)
         decoded, _ = self.post_encoder(audio_signal=x.transpose(1, 2), length=lengths)
-        return self.ctc_head(decoded.transpose(1, 2)), lengths
+        logits = self.ctc_head(decoded.transpose(1, 2))
+        frames = x.shape[1] * self.upsample
+        return logits.reshape(x.shape[0], frames, self.num_classes), lengths * self.upsample
 
     @torch.no_grad()
     def tokenize(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> list[list[int]]:
@@ -151,16 +154,20 @@ class SpeechTokenizerModel(ModelPT):
             self.log("val_wer", sum(o["wer"] for o in outputs) / len(outputs), prog_bar=True)
         self.validation_step_outputs.clear()
 
-    # ------------------------------------------------------------------ data (NeMo's char dataset)
+    # ------------------------------------------------------------------ data (NeMo's Lhotse loader)
 
     def _loader(self, cfg: DictConfig):
-        from nemo.collections.asr.data.audio_to_text import AudioToCharDataset
+        """NeMo's Lhotse loader over a NeMo manifest. With ``use_bucketing`` and ``batch_duration``,
+        batches hold utterances of similar length: random batches of the mini corpus were ~40% padding."""
+        from nemo.collections.asr.data.audio_to_text_lhotse import LhotseSpeechToTextBpeDataset
+        from nemo.collections.common.data.lhotse import get_lhotse_dataloader_from_config
+        from nemo.collections.common.parts.preprocessing.parsers import make_parser
 
-        dataset = AudioToCharDataset(manifest_filepath=cfg.manifest_filepath, labels=self.labels,
-                                     sample_rate=self.cfg.sample_rate, max_duration=cfg.get("max_duration"),
-                                     parser="en", normalize=False)
-        return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=cfg.get("shuffle", False),
-                                           collate_fn=dataset.collate_fn, num_workers=cfg.get("num_workers", 0))
+        with open_dict(cfg):
+            cfg.sample_rate = self.cfg.sample_rate
+        characters = make_parser(labels=self.labels, name="en", do_normalize=False)
+        return get_lhotse_dataloader_from_config(cfg, global_rank=self.global_rank, world_size=self.world_size,
+                                                 dataset=LhotseSpeechToTextBpeDataset(tokenizer=characters))
 
     def setup_training_data(self, cfg: DictConfig) -> None:
         self._train_dl = self._loader(cfg) if cfg and cfg.get("manifest_filepath") else None
