@@ -1,5 +1,6 @@
 """The default pipeline end to end: corpus → tokenizer → indexed binaries → Megatron pre-training."""
 
+import json
 
 import pytest
 
@@ -32,12 +33,15 @@ def test_preprocessed_metadata_names_tokenizer(prepared):
     assert meta["layout"] == "text" and meta["dtype"] == "uint16" and meta["num_tokens"] > 10_000
 
 
-def test_data_parallel_training_loss_falls(prepared):
+def test_data_parallel_training_loss_falls(prepared, tmp_path):
     root, _ = prepared
-    rank0, rank1 = run_processes(train, 2, _config(root))
+    metrics = tmp_path / "run" / "metrics.jsonl"  # its folder does not exist yet
+    rank0, rank1 = run_processes(train, 2, _config(root, metrics_file=str(metrics)))
     assert rank0 == rank1  # every rank reports the global loss
     first, last = sum(rank0[:5]) / 5, sum(rank0[-5:]) / 5
     assert last < first - 0.5, (first, last)
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 31)) and [r["loss"] for r in records] == rank0
 
 
 def _check(root, tokenizer, **source):

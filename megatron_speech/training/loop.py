@@ -131,6 +131,7 @@ def _log_rank0(message: str) -> None:
 
 def _record(config: TrainConfig, record: dict) -> None:
     if config.schedule.metrics_file and torch.distributed.get_rank() == 0:
+        Path(config.schedule.metrics_file).parent.mkdir(parents=True, exist_ok=True)
         with open(config.schedule.metrics_file, "a") as f:
             f.write(json.dumps(record) + "\n")
 
