@@ -17,7 +17,8 @@ somewhere. They are met here and nowhere else, in three ways:
    is the CPU generator. That is the right emulation: dropout on CPU tensors draws from the CPU
    generator, so the tracker's fork/restore of "CUDA" state must fork/restore that one.
 3. Megatron's own RNG helpers (``_get_cuda_rng_state``/``_set_cuda_rng_state``) are pointed at the
-   CPU generator.
+   CPU generator. The tracker's fork warns when the CPU state changes inside a "CUDA" fork; here that
+   is every dropout call, by design, so that one message is filtered from its logger.
 
 ``enable()`` does nothing when CUDA is available: GPU runs execute Megatron exactly as shipped.
 """
@@ -84,11 +85,19 @@ def _patch_torch_cuda() -> None:
     cuda.manual_seed_all = cuda.manual_seed
 
 
+class _DropForkWarning(logging.Filter):
+    """Drops "CPU RNG state changed within GPU RNG context": the two generators are one here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "CPU RNG state changed within GPU RNG context"
+
+
 def _patch_megatron_rng() -> None:
     from megatron.core.tensor_parallel import random as mcore_random
 
     mcore_random._get_cuda_rng_state = _cpu_get_rng_state
     mcore_random._set_cuda_rng_state = _cpu_set_rng_state
+    logging.getLogger(mcore_random.__name__).addFilter(_DropForkWarning())
 
 
 def cuda_available() -> bool:

@@ -32,6 +32,28 @@ def test_cuda_rng_is_the_cpu_generator():
     assert torch.equal(torch.rand(3), first)
 
 
+def test_dropout_in_the_model_parallel_fork_is_seeded_and_quiet(caplog):
+    """Dropout inside the tracker's "CUDA" fork draws from its own seeded state, without a warning per call."""
+    cpu_compat.enable()
+    from megatron.core.tensor_parallel import random as mcore_random
+
+    def masks() -> list[torch.Tensor]:
+        tracker = mcore_random.get_cuda_rng_tracker()
+        tracker.reset()
+        tracker.add(mcore_random._MODEL_PARALLEL_RNG_TRACKER_NAME, 1234)
+        drawn = []
+        for _ in range(2):
+            with tracker.fork():
+                drawn.append(torch.nn.functional.dropout(torch.ones(64), p=0.5))
+        return drawn
+
+    with caplog.at_level("WARNING"):
+        first, second = masks(), masks()
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert not torch.equal(first[0], first[1])  # the fork's state advances between calls
+    assert not [r for r in caplog.records if "RNG" in r.getMessage()]
+
+
 def test_noop_when_cuda_is_present():
     out = _run(
         """
