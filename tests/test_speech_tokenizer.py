@@ -89,6 +89,40 @@ def test_nemo_checkpoint_round_trip(tmp_path):
     assert restored.transcribe_tokens(before) == model.transcribe_tokens(before)
 
 
+def test_subword_ctc_units_train_once_and_travel_in_the_nemo(tmp_path):
+    """A SentencePiece model of the transcripts becomes the CTC head's units, and the .nemo carries it."""
+    from megatron_speech.speech.subwords import train_subword_model
+    from megatron_speech.speech.tokenizer_model import SpeechTokenizerModel
+
+    words = "the cat sat on a mat while the dog ran after the red ball in the park".split()
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("".join(json.dumps({"text": " ".join(words[i:] + words[:i])}) + "\n" for i in range(16)))
+    model_path = train_subword_model(manifest, 40, tmp_path / "subwords")
+    modified = model_path.stat().st_mtime_ns
+    assert train_subword_model(manifest, 40, tmp_path / "subwords") == model_path  # rerun: kept, not retrained
+    assert model_path.stat().st_mtime_ns == modified and not (tmp_path / "subwords.tmp").exists()
+
+    cfg = tiny_config()
+    cfg.subwords = {"vocab_size": 40, "model_path": str(model_path)}
+    torch.manual_seed(0)
+    model = SpeechTokenizerModel(cfg).eval()
+    units = model.text_units
+    assert model.blank == units.vocab_size and model.ctc_head.out_features == model.upsample * (units.vocab_size + 1)
+    ids = units.text_to_ids("the dog ran")
+    assert len(ids) < len("the dog ran")  # pieces, not characters
+    logits = torch.full((1, 2 * len(ids), model.num_classes), -10.0)
+    for t, i in enumerate(ids):  # each piece, then a blank: greedy CTC must spell the text back
+        logits[0, 2 * t, i] = logits[0, 2 * t + 1, model.blank] = 0.0
+    assert model.greedy_decode(logits, torch.tensor([2 * len(ids)])) == ["the dog ran"]
+
+    model.save_to(str(tmp_path / "tok.nemo"))
+    (tmp_path / "subwords").rename(tmp_path / "moved")  # the restored model must not need the original file
+    restored = SpeechTokenizerModel.restore_from(str(tmp_path / "tok.nemo"), map_location="cpu").eval()
+    assert restored.text_units.text_to_ids("the dog ran") == ids
+    codes = [[1, 2, 3, 4, 5, 6]]
+    assert restored.transcribe_tokens(codes) == model.transcribe_tokens(codes)
+
+
 # ---------------------------------------------------------------- manifest -> speech tokens -> preprocessing
 
 
@@ -183,12 +217,13 @@ def test_duration_buckets_give_every_utterance_once(small_corpus):
         assert len(audio_lengths) == 1 or audio_lengths.sum() / 16000 <= 6.0
         assert audio.shape[1] == audio_lengths.max()
         for t, n in zip(targets.tolist(), target_lengths.tolist()):
-            texts.append("".join(model.labels[i] for i in t[:n]))
+            texts.append(model.text_units.ids_to_text(t[:n]))
     manifest = [json.loads(l)["text"] for l in (small_corpus / "train.jsonl").read_text().splitlines()]
     assert sorted(texts) == sorted(manifest)
 
 
-def test_training_recipe_writes_a_checkpoint_and_its_report(tmp_path):
+@pytest.mark.parametrize("units", [[], ["model.subwords={vocab_size: 30}"]], ids=["characters", "subwords"])
+def test_training_recipe_writes_a_checkpoint_and_its_report(tmp_path, units):
     """tools/train_speech_tokenizer.py end to end on a tiny corpus and model: .nemo + eval.json."""
     import subprocess
     import sys
@@ -205,7 +240,7 @@ def test_training_recipe_writes_a_checkpoint_and_its_report(tmp_path):
             f"model.train_ds.manifest_filepath={corpus}/train.jsonl", "model.train_ds.batch_duration=8",
             "model.train_ds.num_buckets=2", f"model.validation_ds.manifest_filepath={corpus}/dev.jsonl",
             "model.optim.sched.warmup_steps=1", "trainer.max_steps=3", "trainer.val_check_interval=3",
-            f"exp_manager.exp_dir={tmp_path}/runs", "name=tiny"]
+            f"exp_manager.exp_dir={tmp_path}/runs", "name=tiny", *units]
     tool = REPO / "tools/train_speech_tokenizer.py"
     subprocess.run([sys.executable, str(tool), *tiny], check=True, cwd=tmp_path, capture_output=True)
     report = json.loads((tmp_path / "runs/tiny/tiny.eval.json").read_text())
@@ -213,6 +248,7 @@ def test_training_recipe_writes_a_checkpoint_and_its_report(tmp_path):
     assert [r["manifest"] for r in report["results"]] == ["test.jsonl", "test_heldout_voice.jsonl"]
     assert all(r["utterances"] == 2 and 0 <= r["codebook_usage"] <= 1 for r in report["results"])
     assert (tmp_path / "runs/tiny/tiny.nemo").stat().st_size > 0
+    assert ("model_path" in (report["config"]["subwords"] or {})) == bool(units)
 
 
 def test_full_scale_config_has_consistent_shapes():

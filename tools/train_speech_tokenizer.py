@@ -2,6 +2,7 @@
 
     .venv/bin/python tools/train_speech_tokenizer.py                     # the mini recipe
     .venv/bin/python tools/train_speech_tokenizer.py model.token_rate=25 name=speech_tokenizer_mini_25hz
+    .venv/bin/python tools/train_speech_tokenizer.py 'model.subwords={vocab_size: 256}'   # subword CTC
 
 Writes <exp_dir>/<name>/<name>.nemo and <name>.eval.json (WER on held-out sentences of the training
 voices and on the held-out voice, codebook usage and perplexity, training time).
@@ -12,11 +13,12 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as pl
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nemo.core.config import hydra_runner
 
 from megatron_speech.speech.evaluate import evaluate_manifest
+from megatron_speech.speech.subwords import train_subword_model
 from megatron_speech.speech.tokenizer_model import SpeechTokenizerModel
 
 CONF = str(Path(__file__).resolve().parents[1] / "examples" / "speech_tokenizer" / "conf")
@@ -26,6 +28,11 @@ CONF = str(Path(__file__).resolve().parents[1] / "examples" / "speech_tokenizer"
 def main(cfg: DictConfig) -> None:
     out = Path(cfg.exp_manager.exp_dir) / cfg.name
     out.mkdir(parents=True, exist_ok=True)
+    subwords = cfg.model.get("subwords")
+    if subwords and not subwords.get("model_path"):
+        model_path = train_subword_model(cfg.model.train_ds.manifest_filepath, subwords.vocab_size, out / "subwords")
+        with open_dict(subwords):
+            subwords.model_path = str(model_path)
     trainer = pl.Trainer(**cfg.trainer, default_root_dir=str(out))
     model = SpeechTokenizerModel(cfg.model, trainer=trainer)
     start = time.perf_counter()

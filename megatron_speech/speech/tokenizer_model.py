@@ -1,13 +1,16 @@
 """The supervised speech tokenizer as a NeMo model: an ASR encoder with a vector-quantized bottleneck.
 
     waveform -> log-mel (100 frames/s) -> Conformer (4x subsampling, then pooling to the token rate)
-             -> project -> VQ (the speech tokens) -> project -> Conformer -> CTC over characters
+             -> project -> VQ (the speech tokens) -> project -> Conformer -> CTC over text units
 
 The tokens are whatever the quantizer keeps while the CTC loss forces the words through it, so they
 carry the words at a low rate (12.5 Hz by default, one token per 80 ms). The token rate is exact by
 definition: ``num_samples // samples_per_token`` tokens per utterance (10 s -> 125 at 12.5 Hz).
 Causal and block-causal variants come from the Conformer's ``att_context_size`` and
 ``conv_context_size`` settings in the config, so tokens can be produced in a stream.
+
+The CTC units are the config's ``labels`` (characters), or, with ``subwords.model_path``, the pieces
+of a SentencePiece model packed into the ``.nemo`` (``subwords.py`` trains one on the transcripts).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ def reduction_factor(token_rate: float) -> int:
 
 class SpeechTokenizerModel(ModelPT):
     def __init__(self, cfg: DictConfig, trainer=None) -> None:
-        self.labels = list(cfg.labels)
+        self.text_units = self._text_units(cfg)  # before ModelPT's __init__, which sets up the loaders
         with open_dict(cfg):
             factor = reduction_factor(cfg.token_rate)
             cfg.encoder.reduction = "pooling" if factor > 1 else None
@@ -62,10 +65,22 @@ class SpeechTokenizerModel(ModelPT):
         if self.upsample < 1 or abs(self.upsample * cfg.token_rate - cfg.ctc_frame_rate) > 1e-6:
             raise ValueError(f"ctc_frame_rate {cfg.ctc_frame_rate} must be a multiple of token_rate {cfg.token_rate}")
         self.post_encoder = ModelPT.from_config_dict(cfg.post_encoder)
-        self.num_classes = len(self.labels) + 1  # + blank (last)
+        self.blank = self.text_units.vocab_size  # CTC's blank: the last class
+        self.num_classes = self.blank + 1
         self.ctc_head = torch.nn.Linear(cfg.post_encoder.d_model, self.upsample * self.num_classes)
-        self.ctc_loss = torch.nn.CTCLoss(blank=len(self.labels), zero_infinity=True)
+        self.ctc_loss = torch.nn.CTCLoss(blank=self.blank, zero_infinity=True)
         self.validation_step_outputs: list[dict] = []
+
+    def _text_units(self, cfg: DictConfig):
+        """What the CTC head spells: a SentencePiece model (a NeMo tokenizer) or NeMo's character parser."""
+        model_path = (cfg.get("subwords") or {}).get("model_path")
+        if model_path:
+            from nemo.collections.common.tokenizers import SentencePieceTokenizer
+
+            return SentencePieceTokenizer(self.register_artifact("subwords.model_path", model_path))
+        from nemo.collections.common.parts.preprocessing.parsers import make_parser
+
+        return _Characters(list(cfg.labels), make_parser(labels=list(cfg.labels), name="en", do_normalize=False))
 
     # ------------------------------------------------------------------ the model
 
@@ -115,10 +130,10 @@ class SpeechTokenizerModel(ModelPT):
         return self.greedy_decode(logits, ctc_lengths)
 
     def greedy_decode(self, logits: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-        blank, texts = len(self.labels), []
+        texts = []
         for row, n in zip(logits.argmax(-1), lengths.tolist()):
             ids = torch.unique_consecutive(row[:n]).tolist()
-            texts.append("".join(self.labels[i] for i in ids if i != blank))
+            texts.append(self.text_units.ids_to_text([i for i in ids if i != self.blank]))
         return texts
 
     # ------------------------------------------------------------------ training
@@ -142,7 +157,7 @@ class SpeechTokenizerModel(ModelPT):
         ctc, vq, log_probs, lengths = self._loss(batch)
         targets, target_lengths = batch[2], batch[3]
         hyps = self.greedy_decode(log_probs, lengths)
-        refs = ["".join(self.labels[i] for i in t[:n].tolist()) for t, n in zip(targets, target_lengths.tolist())]
+        refs = [self.text_units.ids_to_text(t[:n].tolist()) for t, n in zip(targets, target_lengths.tolist())]
         output = {"val_loss": ctc.detach(), "wer": word_error_rate(hyps, refs)}
         self.validation_step_outputs.append(output)
         return output
@@ -161,13 +176,12 @@ class SpeechTokenizerModel(ModelPT):
         batches hold utterances of similar length: random batches of the mini corpus were ~40% padding."""
         from nemo.collections.asr.data.audio_to_text_lhotse import LhotseSpeechToTextBpeDataset
         from nemo.collections.common.data.lhotse import get_lhotse_dataloader_from_config
-        from nemo.collections.common.parts.preprocessing.parsers import make_parser
 
         with open_dict(cfg):
             cfg.sample_rate = self.cfg.sample_rate
-        characters = make_parser(labels=self.labels, name="en", do_normalize=False)
+        units = self.text_units.parser if isinstance(self.text_units, _Characters) else self.text_units
         return get_lhotse_dataloader_from_config(cfg, global_rank=self.global_rank, world_size=self.world_size,
-                                                 dataset=LhotseSpeechToTextBpeDataset(tokenizer=characters))
+                                                 dataset=LhotseSpeechToTextBpeDataset(tokenizer=units))
 
     def setup_training_data(self, cfg: DictConfig) -> None:
         self._train_dl = self._loader(cfg) if cfg and cfg.get("manifest_filepath") else None
@@ -178,3 +192,14 @@ class SpeechTokenizerModel(ModelPT):
     @classmethod
     def list_available_models(cls):
         return None  # nothing is downloaded: models are trained by the recipe
+
+
+class _Characters:
+    """The character labels with the two things the model asks of its text units (as a NeMo tokenizer has)."""
+
+    def __init__(self, labels: list[str], parser) -> None:
+        self.labels, self.parser = labels, parser
+        self.vocab_size = len(labels)
+
+    def ids_to_text(self, ids: list[int]) -> str:
+        return "".join(self.labels[i] for i in ids)
