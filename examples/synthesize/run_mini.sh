@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The mini text-to-token model and synthesis, end to end on CPU (about 20 minutes). Needs the speech
+# The mini text-to-token model and synthesis, end to end on CPU (about 45 minutes). Needs the speech
 # corpus and the mini speech tokenizer (examples/speech_tokenizer/README.md) and the default corpus
 # and tokenizer of the small default (examples/tiny/run.sh). Every step is skipped when its output exists.
 set -euo pipefail
