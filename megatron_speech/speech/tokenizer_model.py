@@ -179,9 +179,8 @@ class SpeechTokenizerModel(ModelPT):
 
         with open_dict(cfg):
             cfg.sample_rate = self.cfg.sample_rate
-        units = self.text_units.parser if isinstance(self.text_units, _Characters) else self.text_units
         return get_lhotse_dataloader_from_config(cfg, global_rank=self.global_rank, world_size=self.world_size,
-                                                 dataset=LhotseSpeechToTextBpeDataset(tokenizer=units))
+                                                 dataset=LhotseSpeechToTextBpeDataset(tokenizer=self.text_units))
 
     def setup_training_data(self, cfg: DictConfig) -> None:
         self._train_dl = self._loader(cfg) if cfg and cfg.get("manifest_filepath") else None
@@ -195,11 +194,15 @@ class SpeechTokenizerModel(ModelPT):
 
 
 class _Characters:
-    """The character labels with the two things the model asks of its text units (as a NeMo tokenizer has)."""
+    """NeMo's character parser plus what the model asks of any text units: ``vocab_size`` and
+    ``ids_to_text``. NeMo's Lhotse dataset calls it like the parser (``units(text) -> ids``)."""
 
     def __init__(self, labels: list[str], parser) -> None:
-        self.labels, self.parser = labels, parser
+        self.labels, self._parser = labels, parser
         self.vocab_size = len(labels)
+
+    def __call__(self, text: str) -> list[int]:
+        return self._parser(text)
 
     def ids_to_text(self, ids: list[int]) -> str:
         return "".join(self.labels[i] for i in ids)
