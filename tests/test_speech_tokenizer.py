@@ -13,9 +13,10 @@ REPO = Path(__file__).resolve().parents[1]
 pytest.importorskip("nemo.collections.asr", reason="nemo_toolkit[asr] is installed by scripts/setup.sh")
 
 
-def tiny_config(token_rate: float = 12.5):
+def tiny_config(token_rate: float = 12.5, subsampling_factor: int = 4):
     cfg = OmegaConf.load(REPO / "examples/speech_tokenizer/conf/mini.yaml").model
     cfg.token_rate = token_rate
+    cfg.encoder.subsampling_factor = subsampling_factor
     cfg.encoder.update(n_layers=1, d_model=32, n_heads=2, conv_kernel_size=5)
     cfg.post_encoder.update(feat_in=32, n_layers=1, d_model=32, n_heads=2, conv_kernel_size=3)
     cfg.quantizer.update(num_codes=16, dim=8)
@@ -23,20 +24,26 @@ def tiny_config(token_rate: float = 12.5):
     return cfg
 
 
-def _model(token_rate: float = 12.5):
+def _model(token_rate: float = 12.5, subsampling_factor: int = 4):
     from megatron_speech.speech.tokenizer_model import SpeechTokenizerModel
 
     torch.manual_seed(0)
-    return SpeechTokenizerModel(tiny_config(token_rate))
+    return SpeechTokenizerModel(tiny_config(token_rate, subsampling_factor))
 
 
-@pytest.mark.parametrize("token_rate, seconds, tokens", [(12.5, 10.0, 125), (12.5, 3.3, 41), (25.0, 10.0, 250)])
-def test_token_rate_is_exact(token_rate, seconds, tokens):
-    model = _model(token_rate).eval()
+@pytest.mark.parametrize("token_rate, seconds, tokens, subsampling_factor",
+                         [(12.5, 10.0, 125, 4), (12.5, 3.3, 41, 4), (25.0, 10.0, 250, 4), (12.5, 10.0, 125, 8)])
+def test_token_rate_is_exact(token_rate, seconds, tokens, subsampling_factor):
+    model = _model(token_rate, subsampling_factor).eval()
     samples = int(16000 * seconds)
     codes = model.tokenize(torch.randn(2, samples) * 0.1, torch.tensor([samples, samples // 2]))
     assert [len(c) for c in codes] == [tokens, samples // 2 // int(16000 / token_rate)]
     assert all(0 <= c < 16 for seq in codes for c in seq)
+
+
+def test_a_token_rate_the_encoder_cannot_reach_is_refused():
+    with pytest.raises(ValueError, match="subsampling_factor 8"):
+        _model(token_rate=25.0, subsampling_factor=8)
 
 
 def test_forward_backward_reaches_every_trained_part():

@@ -1,6 +1,6 @@
 """The supervised speech tokenizer as a NeMo model: an ASR encoder with a vector-quantized bottleneck.
 
-    waveform -> log-mel (100 frames/s) -> Conformer (4x subsampling, then pooling to the token rate)
+    waveform -> log-mel (100 frames/s) -> Conformer (subsampling, then pooling to the token rate)
              -> project -> VQ (the speech tokens) -> project -> Conformer -> CTC over text units
 
 The tokens are whatever the quantizer keeps while the CTC loss forces the words through it, so they
@@ -29,14 +29,15 @@ if "megatron_speech.speech." not in nemo_common.ALLOWED_TARGET_PREFIXES:
     nemo_common.ALLOWED_TARGET_PREFIXES.append("megatron_speech.speech.")
 
 MEL_FRAMES_PER_SECOND = 100  # the preprocessor's 10 ms hop
-CONFORMER_SUBSAMPLING = 4
 
 
-def reduction_factor(token_rate: float) -> int:
-    """Pooling after the Conformer's 4x subsampling that lands on ``token_rate`` tokens per second."""
-    factor = MEL_FRAMES_PER_SECOND / CONFORMER_SUBSAMPLING / token_rate
+def reduction_factor(token_rate: float, subsampling: int) -> int:
+    """Pooling after the Conformer's subsampling that lands on ``token_rate`` tokens per second."""
+    encoder_rate = MEL_FRAMES_PER_SECOND / subsampling
+    factor = encoder_rate / token_rate
     if factor < 1 or abs(factor - round(factor)) > 1e-9:
-        raise ValueError(f"token_rate {token_rate} Hz must divide {MEL_FRAMES_PER_SECOND / CONFORMER_SUBSAMPLING} Hz")
+        raise ValueError(f"token_rate {token_rate} Hz must divide the encoder's {encoder_rate} Hz "
+                         f"({MEL_FRAMES_PER_SECOND} Hz / subsampling_factor {subsampling})")
     return int(round(factor))
 
 
@@ -44,7 +45,7 @@ class SpeechTokenizerModel(ModelPT):
     def __init__(self, cfg: DictConfig, trainer=None) -> None:
         self.text_units = self._text_units(cfg)  # before ModelPT's __init__, which sets up the loaders
         with open_dict(cfg):
-            factor = reduction_factor(cfg.token_rate)
+            factor = reduction_factor(cfg.token_rate, cfg.encoder.subsampling_factor)
             cfg.encoder.reduction = "pooling" if factor > 1 else None
             cfg.encoder.reduction_factor = factor
             cfg.encoder.reduction_position = -1 if factor > 1 else None
