@@ -8,10 +8,14 @@ import pytest
 from megatron_speech.speech.corpus import (
     MANIFESTS,
     SpeechCorpusConfig,
+    Style,
+    Utterance,
+    VoiceVariation,
     build_corpus,
     normalize_text,
     plan,
     read_wav,
+    synthesize,
     wordnet_sentences,
 )
 
@@ -20,7 +24,7 @@ VOICES = ["flite:slt", "espeak:en-us", "espeak:en-gb+f3", "flite:rms"]
 
 def _config(root, **changes) -> SpeechCorpusConfig:
     values = dict(output_dir=str(root), num_sentences=12, voices=VOICES, held_out_voice="flite:rms",
-                  voices_per_sentence=2, dev_fraction=0.25, test_fraction=0.25)
+                  voices_per_sentence=2, dev_sentences=3, test_sentences=3)
     return SpeechCorpusConfig(**{**values, **changes})
 
 
@@ -102,3 +106,35 @@ def test_unreadable_wav_names_the_file(tmp_path):
         w.setnchannels(1), w.setsampwidth(1), w.setframerate(16000), w.writeframes(b"\x80" * 100)
     with pytest.raises(ValueError, match="8bit.wav: 8-bit audio"):
         read_wav(tmp_path / "8bit.wav")
+
+
+def test_training_utterances_draw_their_own_style_and_held_out_ones_keep_the_plain_voice(tmp_path):
+    root = tmp_path
+    sentences = [f"sentence number {w} is here" for w in "abcdefghijklmnop"]
+    variation = VoiceVariation()
+    utterances = plan(_config(tmp_path, variation=variation), sentences)
+    train = [u for u in utterances if u.manifest == "train"]
+    assert len({u.style for u in train}) == len(train)  # every utterance its own speaker
+    for u in train:
+        assert variation.warp[0] <= u.style.warp <= variation.warp[1]
+        assert variation.tempo[0] <= u.style.tempo <= variation.tempo[1]
+        assert u.style.espeak_pitch == 50 or u.voice.startswith("espeak:")
+    assert all(u.style == Style() for u in utterances if u.manifest != "train")
+    assert plan(_config(tmp_path, variation=variation), sentences) == utterances  # drawn from the seed
+    plain = plan(_config(tmp_path), sentences)
+    assert all(u.style == Style() for u in plain)
+    assert [(u.id, u.voice) for u in plain] == [(u.id, u.voice) for u in utterances]  # same plan otherwise
+    assert {u.wav_path(root) for u in plain}.isdisjoint(u.wav_path(root) for u in utterances if u.style != Style())
+
+
+@pytest.mark.parametrize("voice", ["flite:slt", "espeak:en-us"])
+def test_style_changes_the_audio(tmp_path, voice):
+    def duration(style: Style) -> float:
+        utterance = Utterance("s0", "the surface of the pond is dark and shadowed", voice, "train", style)
+        synthesize(utterance, tmp_path, 16000)
+        samples, rate = read_wav(utterance.wav_path(tmp_path))
+        return samples.size / rate
+
+    plain = duration(Style())
+    assert duration(Style(warp=1.1)) == pytest.approx(plain / 1.1, rel=0.01)  # resampled: exactly shorter
+    assert duration(Style(tempo=1.15)) < 0.95 * plain < 0.95 * duration(Style(tempo=0.85))

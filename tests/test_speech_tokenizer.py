@@ -139,8 +139,8 @@ def small_corpus(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("corpus")
     build_corpus(SpeechCorpusConfig(str(root), num_sentences=6, voices=["flite:slt", "espeak:en-us", "flite:awb"],
-                                    held_out_voice="flite:awb", voices_per_sentence=2, dev_fraction=0.0,
-                                    test_fraction=0.0))
+                                    held_out_voice="flite:awb", voices_per_sentence=2, dev_sentences=0,
+                                    test_sentences=0))
     return root
 
 
@@ -240,7 +240,7 @@ def test_training_recipe_writes_a_checkpoint_and_its_report(tmp_path, units):
     corpus = tmp_path / "corpus"
     voices = ["flite:slt", "espeak:en-us", "flite:awb"]
     build_corpus(SpeechCorpusConfig(str(corpus), num_sentences=8, voices=voices, held_out_voice="flite:awb",
-                                    dev_fraction=0.25, test_fraction=0.25))
+                                    dev_sentences=2, test_sentences=2))
     tiny = ["model.encoder.n_layers=1", "model.encoder.d_model=32", "model.encoder.n_heads=2",
             "model.post_encoder.feat_in=32", "model.post_encoder.n_layers=1", "model.post_encoder.d_model=32",
             "model.post_encoder.n_heads=2", "model.quantizer.num_codes=16", "model.quantizer.dim=8",

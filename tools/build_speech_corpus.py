@@ -9,23 +9,25 @@ Rerunning reuses finished wavs and rewrites identical manifests.
 import argparse
 import json
 
-from megatron_speech.speech.corpus import DEFAULT_VOICES, SpeechCorpusConfig, build_corpus
+from megatron_speech.speech.corpus import DEFAULT_VOICES, SpeechCorpusConfig, VoiceVariation, build_corpus
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output_dir")
-    parser.add_argument("--num-sentences", type=int, default=10000)
+    parser.add_argument("--num-sentences", type=int, default=30000)
     parser.add_argument("--voices", nargs="+", default=list(DEFAULT_VOICES), help="engine:voice, e.g. flite:slt")
     parser.add_argument("--held-out-voice", default="flite:rms")
     parser.add_argument("--voices-per-sentence", type=int, default=1)
+    parser.add_argument("--vary-voices", action="store_true",
+                        help="each training utterance draws its own tempo, pitch and vocal-tract warp")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     summary = build_corpus(SpeechCorpusConfig(
         output_dir=args.output_dir, num_sentences=args.num_sentences, voices=args.voices,
         held_out_voice=args.held_out_voice, voices_per_sentence=args.voices_per_sentence,
-        seed=args.seed, workers=args.workers,
+        variation=VoiceVariation() if args.vary_voices else None, seed=args.seed, workers=args.workers,
     ))
     print(json.dumps(summary["counts"], indent=2))
 
