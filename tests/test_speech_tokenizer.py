@@ -252,6 +252,7 @@ def test_training_recipe_writes_a_checkpoint_and_its_report(tmp_path, units):
     subprocess.run([sys.executable, str(tool), *tiny], check=True, cwd=tmp_path, capture_output=True)
     report = json.loads((tmp_path / "runs/tiny/tiny.eval.json").read_text())
     assert report["steps"] == 3 and report["token_rate"] == 12.5
+    assert report["versions"]["torch"] == torch.__version__ and report["versions"]["nemo-toolkit"]
     assert [r["manifest"] for r in report["results"]] == ["test.jsonl", "test_heldout_voice.jsonl"]
     assert all(r["utterances"] == 2 and 0 <= r["codebook_usage"] <= 1 for r in report["results"])
     assert (tmp_path / "runs/tiny/tiny.nemo").stat().st_size > 0

@@ -5,7 +5,7 @@
     .venv/bin/python tools/train_speech_tokenizer.py 'model.subwords={vocab_size: 256}'   # subword CTC
 
 Writes <exp_dir>/<name>/<name>.nemo and <name>.eval.json (WER on held-out sentences of the training
-voices and on the held-out voice, codebook usage and perplexity, training time).
+voices and on the held-out voice, codebook usage and perplexity, training time, library versions).
 """
 
 import json
@@ -22,6 +22,13 @@ from megatron_speech.speech.subwords import train_subword_model
 from megatron_speech.speech.tokenizer_model import SpeechTokenizerModel
 
 CONF = str(Path(__file__).resolve().parents[1] / "examples" / "speech_tokenizer" / "conf")
+
+
+def _versions() -> dict[str, str]:
+    """Library versions beside the figures: step times moved between sessions with these unrecorded."""
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("torch", "nemo-toolkit", "lightning", "lhotse")}
 
 
 @hydra_runner(config_path=CONF, config_name="mini")
@@ -41,7 +48,7 @@ def main(cfg: DictConfig) -> None:
     model.save_to(str(out / f"{cfg.name}.nemo"))
     corpus = Path(cfg.model.train_ds.manifest_filepath).parent
     report = {"name": cfg.name, "token_rate": cfg.model.token_rate, "train_minutes": round(minutes, 1),
-              "epochs": trainer.current_epoch, "steps": trainer.global_step,
+              "epochs": trainer.current_epoch, "steps": trainer.global_step, "versions": _versions(),
               "results": [evaluate_manifest(model, corpus / f"{m}.jsonl") for m in ("test", "test_heldout_voice")],
               "config": OmegaConf.to_container(cfg.model, resolve=True)}
     (out / f"{cfg.name}.eval.json").write_text(json.dumps(report, indent=2) + "\n")
