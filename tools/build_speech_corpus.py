@@ -15,14 +15,15 @@ from megatron_speech.speech.corpus import DEFAULT_VOICES, SpeechCorpusConfig, Vo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output_dir")
-    parser.add_argument("--num-sentences", type=int, default=30000)
+    defaults = SpeechCorpusConfig  # one place for the defaults: the config's own
+    parser.add_argument("--num-sentences", type=int, default=defaults.num_sentences)
     parser.add_argument("--voices", nargs="+", default=list(DEFAULT_VOICES), help="engine:voice, e.g. flite:slt")
-    parser.add_argument("--held-out-voice", default="flite:rms")
-    parser.add_argument("--voices-per-sentence", type=int, default=1)
+    parser.add_argument("--held-out-voice", default=defaults.held_out_voice)
+    parser.add_argument("--voices-per-sentence", type=int, default=defaults.voices_per_sentence)
     parser.add_argument("--vary-voices", action="store_true",
                         help="each training utterance draws its own tempo, pitch and vocal-tract warp")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--workers", type=int, default=defaults.workers)
     args = parser.parse_args()
     summary = build_corpus(SpeechCorpusConfig(
         output_dir=args.output_dir, num_sentences=args.num_sentences, voices=args.voices,
