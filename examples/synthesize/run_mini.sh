@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The mini text-to-token model and synthesis, end to end on CPU (about 45 minutes on the 10,000-sentence speech corpus;
-# the default 30,000 sentences triple the tokenization). Needs the speech
+# The mini text-to-token model and synthesis, end to end on CPU (about 47 minutes on 2 cores with the
+# default 30,000-sentence speech corpus, 6.5 of them tokenizing it). Needs the speech
 # corpus and the mini speech tokenizer (examples/speech_tokenizer/README.md) and the default corpus
 # and tokenizer of the small default (examples/tiny/run.sh). Every step is skipped when its output exists.
 set -euo pipefail
