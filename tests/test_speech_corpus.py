@@ -109,7 +109,6 @@ def test_unreadable_wav_names_the_file(tmp_path):
 
 
 def test_training_utterances_draw_their_own_style_and_held_out_ones_keep_the_plain_voice(tmp_path):
-    root = tmp_path
     sentences = [f"sentence number {w} is here" for w in "abcdefghijklmnop"]
     variation = VoiceVariation()
     utterances = plan(_config(tmp_path, variation=variation), sentences)
@@ -124,7 +123,7 @@ def test_training_utterances_draw_their_own_style_and_held_out_ones_keep_the_pla
     plain = plan(_config(tmp_path), sentences)
     assert all(u.style == Style() for u in plain)
     assert [(u.id, u.voice) for u in plain] == [(u.id, u.voice) for u in utterances]  # same plan otherwise
-    assert {u.wav_path(root) for u in plain}.isdisjoint(u.wav_path(root) for u in utterances if u.style != Style())
+    assert {u.wav_path(tmp_path) for u in plain}.isdisjoint(u.wav_path(tmp_path) for u in utterances if u.style != Style())
 
 
 @pytest.mark.parametrize("voice", ["flite:slt", "espeak:en-us"])

@@ -30,7 +30,7 @@ import subprocess
 import tempfile
 import wave
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from math import gcd
 from pathlib import Path
 
@@ -106,10 +106,11 @@ class Style:
     espeak_pitch: int = 50
 
     @classmethod
-    def draw(cls, variation: VoiceVariation, seed: str) -> "Style":
+    def draw(cls, variation: VoiceVariation, seed: str, voice: str) -> "Style":
         rng = random.Random(seed)  # per utterance: the plan's own random sequence is untouched
-        return cls(round(rng.uniform(*variation.warp), 2), round(rng.uniform(*variation.tempo), 2),
-                   rng.randint(*variation.espeak_pitch))
+        warp, tempo = round(rng.uniform(*variation.warp), 2), round(rng.uniform(*variation.tempo), 2)
+        pitch = rng.randint(*variation.espeak_pitch)  # drawn for every voice: the same seed, the same style
+        return cls(warp, tempo, pitch if voice.startswith("espeak:") else 50)  # flite takes no pitch
 
     @property
     def tag(self) -> str:
@@ -172,8 +173,7 @@ def plan(config: SpeechCorpusConfig, sentences: list[str]) -> list[Utterance]:
 def _style(config: SpeechCorpusConfig, sentence_id: str, voice: str) -> Style:
     if config.variation is None:
         return Style()
-    style = Style.draw(config.variation, f"{config.seed}:{sentence_id}:{voice}")
-    return style if voice.startswith("espeak:") else replace(style, espeak_pitch=50)
+    return Style.draw(config.variation, f"{config.seed}:{sentence_id}:{voice}", voice)
 
 
 def _engine_command(voice: str, text: str, wav: Path, style: Style = Style()) -> list[str]:
