@@ -4,8 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # slurm-wlm + munge: the tests run the sbatch scripts on a local cluster.
-# espeak-ng, flite, wordnet-base: voices and text of the synthetic speech corpus.
-APT_PACKAGES=(g++ slurm-wlm munge espeak-ng flite wordnet-base)
+# espeak-ng, flite, festival (+ voices), wordnet-base: voices and text of the synthetic speech corpus.
+APT_PACKAGES=(g++ slurm-wlm munge espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
+              wordnet-base)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

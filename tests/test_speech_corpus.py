@@ -6,11 +6,13 @@ import wave
 import pytest
 
 from megatron_speech.speech.corpus import (
+    FESTIVAL_BATCH,
     MANIFESTS,
     SpeechCorpusConfig,
     Style,
     Utterance,
     VoiceVariation,
+    _batches,
     build_corpus,
     normalize_text,
     plan,
@@ -19,7 +21,7 @@ from megatron_speech.speech.corpus import (
     wordnet_sentences,
 )
 
-VOICES = ["flite:slt", "espeak:en-us", "espeak:en-gb+f3", "flite:rms"]
+VOICES = ["flite:slt", "espeak:en-us", "espeak:en-gb+f3", "festival:ked_diphone", "flite:rms"]
 
 
 def _config(root, **changes) -> SpeechCorpusConfig:
@@ -97,6 +99,29 @@ def test_unknown_held_out_voice_is_rejected(tmp_path):
         _config(tmp_path, held_out_voice="flite:nobody")
 
 
+def test_voice_names_are_checked(tmp_path):
+    for voice in ("say:alex", "flite:", 'festival:ked_diphone) (system "rm"'):
+        with pytest.raises(ValueError, match="voice"):
+            _config(tmp_path, voices=[*VOICES, voice])
+
+
+def test_a_missing_festival_voice_names_itself_and_the_utterance(tmp_path):
+    utterance = Utterance("s7", "hello there", "festival:nobody_diphone", "train")
+    with pytest.raises(RuntimeError, match="festival:nobody_diphone failed on s7"):
+        synthesize([utterance], tmp_path, 16000)
+    assert not utterance.wav_path(tmp_path).exists()
+
+
+def test_festival_utterances_share_a_process_per_voice_and_the_rest_go_one_by_one():
+    voices = ["festival:ked_diphone", "flite:slt", "festival:kal_diphone"]
+    utterances = [Utterance(f"s{i}", "a b c d", voices[i % 3], "train") for i in range(3 * FESTIVAL_BATCH + 3)]
+    batches = _batches(utterances)
+    assert sorted(u.id for b in batches for u in b) == sorted(u.id for u in utterances)
+    assert all(len({u.voice for u in b}) == 1 and len(b) <= FESTIVAL_BATCH for b in batches)
+    assert all(len(b) == 1 for b in batches if b[0].voice == "flite:slt")
+    assert sum(1 for b in batches if b[0].voice.startswith("festival:")) == 4  # 65 utterances each: 64 + 1
+
+
 def test_unreadable_wav_names_the_file(tmp_path):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF\x00\x00not a wav")
@@ -126,11 +151,12 @@ def test_training_utterances_draw_their_own_style_and_held_out_ones_keep_the_pla
     assert {u.wav_path(tmp_path) for u in plain}.isdisjoint(u.wav_path(tmp_path) for u in utterances if u.style != Style())
 
 
-@pytest.mark.parametrize("voice", ["flite:slt", "espeak:en-us"])
+@pytest.mark.parametrize("voice", ["flite:slt", "espeak:en-us", "festival:ked_diphone",
+                                   "festival:cmu_us_slt_arctic_hts"])
 def test_style_changes_the_audio(tmp_path, voice):
     def duration(style: Style) -> float:
         utterance = Utterance("s0", "the surface of the pond is dark and shadowed", voice, "train", style)
-        synthesize(utterance, tmp_path, 16000)
+        synthesize([utterance], tmp_path, 16000)
         samples, rate = read_wav(utterance.wav_path(tmp_path))
         return samples.size / rate
 

@@ -255,8 +255,29 @@ def test_training_recipe_writes_a_checkpoint_and_its_report(tmp_path, units):
     assert report["versions"]["torch"] == torch.__version__ and report["versions"]["nemo-toolkit"]
     assert [r["manifest"] for r in report["results"]] == ["test.jsonl", "test_heldout_voice.jsonl"]
     assert all(r["utterances"] == 2 and 0 <= r["codebook_usage"] <= 1 for r in report["results"])
+    test, heldout = report["results"]
+    assert set(heldout["by_speaker"]) == {"flite:awb"} and heldout["by_speaker"]["flite:awb"]["wer"] == heldout["wer"]
+    assert set(test["by_speaker"]) <= {"flite:slt", "espeak:en-us"}
+    assert sum(v["utterances"] for v in test["by_speaker"].values()) == 2
     assert (tmp_path / "runs/tiny/tiny.nemo").stat().st_size > 0
     assert ("model_path" in (report["config"]["subwords"] or {})) == bool(units)
+
+
+def test_spec_augment_masks_features_in_training_only():
+    from megatron_speech.speech.tokenizer_model import SpeechTokenizerModel
+
+    plain_cfg = tiny_config()
+    plain_cfg.preprocessor.dither = 0.0  # dither is random in training too: only the masks may differ
+    masked_cfg = plain_cfg.copy()
+    masked_cfg.spec_augment = {"_target_": "nemo.collections.asr.modules.SpectrogramAugmentation",
+                               "freq_masks": 2, "freq_width": 20, "time_masks": 2, "time_width": 0.2}
+    masked, plain = SpeechTokenizerModel(masked_cfg), SpeechTokenizerModel(plain_cfg)
+    plain.load_state_dict(masked.state_dict())
+    audio, lengths = torch.randn(2, 16000) * 0.1, torch.tensor([16000, 12000])
+    masked.eval(), plain.eval()  # first: training steps move the batch-norm statistics apart
+    assert torch.equal(masked.encode(audio, lengths)[0], plain.encode(audio, lengths)[0])
+    masked.train(), plain.train()
+    assert not torch.allclose(masked.encode(audio, lengths)[0], plain.encode(audio, lengths)[0])
 
 
 def test_full_scale_config_has_consistent_shapes():

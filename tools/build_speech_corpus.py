@@ -17,7 +17,8 @@ def main() -> None:
     parser.add_argument("output_dir")
     defaults = SpeechCorpusConfig  # one place for the defaults: the config's own
     parser.add_argument("--num-sentences", type=int, default=defaults.num_sentences)
-    parser.add_argument("--voices", nargs="+", default=list(DEFAULT_VOICES), help="engine:voice, e.g. flite:slt")
+    parser.add_argument("--voices", nargs="+", default=list(DEFAULT_VOICES),
+                        help="engine:voice, e.g. flite:slt, espeak:en-gb, festival:ked_diphone")
     parser.add_argument("--held-out-voice", default=defaults.held_out_voice)
     parser.add_argument("--voices-per-sentence", type=int, default=defaults.voices_per_sentence)
     parser.add_argument("--vary-voices", action="store_true",

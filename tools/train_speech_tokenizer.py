@@ -4,8 +4,9 @@
     .venv/bin/python tools/train_speech_tokenizer.py model.token_rate=25 name=speech_tokenizer_mini_25hz
     .venv/bin/python tools/train_speech_tokenizer.py 'model.subwords={vocab_size: 256}'   # subword CTC
 
-Writes <exp_dir>/<name>/<name>.nemo and <name>.eval.json (WER on held-out sentences of the training
-voices and on the held-out voice, codebook usage and perplexity, training time, library versions).
+Writes <exp_dir>/<name>/<name>.nemo and <name>.eval.json (WER and CER on held-out sentences of the
+training voices and on the held-out voice, also per voice; codebook usage and perplexity, training
+time, library versions).
 """
 
 import json
@@ -53,8 +54,10 @@ def main(cfg: DictConfig) -> None:
               "config": OmegaConf.to_container(cfg.model, resolve=True)}
     (out / f"{cfg.name}.eval.json").write_text(json.dumps(report, indent=2) + "\n")
     for r in report["results"]:
-        print(f"[eval] {r['manifest']}: WER {r['wer']:.1%}, codebook usage {r['codebook_usage']:.0%}, "
-              f"perplexity {r['perplexity']:.0f}")
+        print(f"[eval] {r['manifest']}: WER {r['wer']:.1%} (CER {r['cer']:.1%}), codebook usage "
+              f"{r['codebook_usage']:.0%}, perplexity {r['perplexity']:.0f}")
+        for speaker, v in r["by_speaker"].items():
+            print(f"[eval]   {speaker}: WER {v['wer']:.1%}, CER {v['cer']:.1%} ({v['utterances']} utterances)")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The mini text-to-token model and synthesis, end to end on CPU (about 47 minutes on 2 cores with the
+# The mini text-to-token model and synthesis, end to end on CPU (about 44 minutes on 2 cores with the
 # default 30,000-sentence speech corpus, 6.5 of them tokenizing it). Needs the speech
 # corpus and the mini speech tokenizer (examples/speech_tokenizer/README.md) and the default corpus
 # and tokenizer of the small default (examples/tiny/run.sh). Every step is skipped when its output exists.

@@ -3,10 +3,11 @@
 The speech tokenizer needs transcribed speech from several speakers, and tests need it without a
 download. Text: the example sentences of WordNet 3.0 (Debian ``wordnet-base``; WordNet licence,
 Princeton University, free to use with attribution), about 30,000 real English sentences. Voices:
-``espeak-ng`` (formant synthesis, several accents and variants) and ``flite`` (CMU diphone/cluster
-voices). One voice is held out: it speaks only the dev and test sentences, so word error rate can be
-measured on a speaker the model never heard. Each training utterance draws its own tempo, pitch and
-vocal-tract warp when asked (:class:`VoiceVariation`), so a few voices sound like many speakers.
+``espeak-ng`` (formant synthesis, several accents and variants), ``flite`` (CMU diphone/cluster
+voices) and ``festival`` (diphone and HTS voices: ``festival:ked_diphone`` is ``(voice_ked_diphone)``).
+One voice is held out: it speaks only the dev and test sentences, so word error rate can be measured
+on a speaker the model never heard. Each training utterance draws its own tempo, pitch and vocal-tract
+warp when asked (:class:`VoiceVariation`), so a few voices sound like many speakers.
 
 Output, in the style of NeMo manifests (one JSON line per utterance)::
 
@@ -44,6 +45,8 @@ DEFAULT_VOICES = (
     "flite:slt", "flite:awb", "flite:kal16", "flite:rms",
     "espeak:en-us", "espeak:en-gb", "espeak:en-us+f3", "espeak:en-gb-x-rp+m3", "espeak:en-029",
 )
+ENGINES = ("flite", "espeak", "festival")
+FESTIVAL_BATCH = 64  # utterances per festival process: its start-up (~1 s) costs more than a sentence
 MANIFESTS = ("train", "dev", "test", "dev_heldout_voice", "test_heldout_voice")
 _SENTENCE = re.compile(r"[A-Za-z][A-Za-z' ,]*[A-Za-z]")
 
@@ -86,8 +89,11 @@ class SpeechCorpusConfig:
         if self.held_out_voice not in self.voices:
             raise ValueError(f"held_out_voice {self.held_out_voice!r} is not among voices {self.voices}")
         for voice in self.voices:
-            if voice.split(":", 1)[0] not in ("flite", "espeak"):
-                raise ValueError(f"voice {voice!r}: expected 'flite:<name>' or 'espeak:<name>'")
+            engine, _, name = voice.partition(":")
+            if engine not in ENGINES or not name:
+                raise ValueError(f"voice {voice!r}: expected <engine>:<name>, engine one of {ENGINES}")
+            if engine == "festival" and not re.fullmatch(r"[a-z0-9_]+", name):
+                raise ValueError(f"voice {voice!r}: a festival voice is a name like ked_diphone")
         if len(self.training_voices) < self.voices_per_sentence:
             raise ValueError("fewer training voices than voices_per_sentence")
 
@@ -110,7 +116,7 @@ class Style:
         rng = random.Random(seed)  # per utterance: the plan's own random sequence is untouched
         warp, tempo = round(rng.uniform(*variation.warp), 2), round(rng.uniform(*variation.tempo), 2)
         pitch = rng.randint(*variation.espeak_pitch)  # drawn for every voice: the same seed, the same style
-        return cls(warp, tempo, pitch if voice.startswith("espeak:") else 50)  # flite takes no pitch
+        return cls(warp, tempo, pitch if voice.startswith("espeak:") else 50)  # only espeak-ng takes a pitch
 
     @property
     def tag(self) -> str:
@@ -186,6 +192,36 @@ def _engine_command(voice: str, text: str, wav: Path, style: Style = Style()) ->
     return ["espeak-ng", "-v", name, *rate, *pitch, "-w", str(wav), text]
 
 
+def _festival_script(utterances: list[Utterance], wavs: list[Path]) -> str:
+    """One festival process speaks a batch of one voice's utterances (Scheme, run by ``festival -b``).
+    Diphone voices take their tempo as ``Duration_Stretch``; HTS voices ignore it and take ``-r``."""
+    voice = utterances[0].voice.split(":", 1)[1]
+    lines = [f"(voice_{voice})", "(define plain_hts_params (if (boundp 'hts_engine_params) hts_engine_params nil))"]
+    for utterance, wav in zip(utterances, wavs):
+        tempo = utterance.style.tempo
+        text = utterance.text.replace("\\", " ").replace('"', " ")  # would end the Scheme string; unspoken
+        lines += [f"(Parameter.set 'Duration_Stretch {1 / tempo:.3f})",
+                  f'(set! hts_engine_params (append plain_hts_params (list (list "-r" {tempo:.3f}))))',
+                  f'(utt.save.wave (utt.synth (Utterance Text "{text}")) "{wav}" \'riff)']
+    return "\n".join(lines) + "\n"
+
+
+def _speak(utterances: list[Utterance], raws: list[Path], tmp: Path) -> None:
+    """The engine writes each utterance's raw wav; a failure names the voice and the utterance."""
+    if utterances[0].voice.startswith("festival:"):
+        script = tmp / "speak.scm"
+        script.write_text(_festival_script(utterances, raws))
+        runs = [(["festival", "-b", str(script)], utterances, raws)]
+    else:
+        runs = [(_engine_command(u.voice, u.text, raw, u.style), [u], [raw]) for u, raw in zip(utterances, raws)]
+    for command, covered, wavs in runs:
+        result = subprocess.run(command, capture_output=True, text=True)
+        failed = [u for u, wav in zip(covered, wavs) if not wav.exists()]
+        if result.returncode or failed:
+            first = (failed or covered)[0]
+            raise RuntimeError(f"{first.voice} failed on {first.id}: {(result.stderr or result.stdout).strip()[:300]}")
+
+
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
     """Mono int16 samples and the sample rate; any other format is an error naming the file."""
     try:
@@ -221,24 +257,35 @@ def resample(samples: np.ndarray, source_rate: int, target_rate: int) -> np.ndar
     return np.clip(np.round(out), -32768, 32767).astype(np.int16)
 
 
-def synthesize(utterance: Utterance, root: Path, sample_rate: int) -> None:
-    """Speak one utterance into its wav (skipped when the wav already exists: it is complete)."""
-    target = utterance.wav_path(root)
-    if target.exists():
+def synthesize(utterances: list[Utterance], root: Path, sample_rate: int) -> None:
+    """Speak utterances of one voice into their wavs (a wav that exists is complete and kept)."""
+    todo = [u for u in utterances if not u.wav_path(root).exists()]
+    if not todo:
         return
     with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "raw.wav"
-        command = _engine_command(utterance.voice, utterance.text, raw, utterance.style)
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode or not raw.exists():
-            raise RuntimeError(f"{utterance.voice} failed on {utterance.id}: {result.stderr.strip()[:300]}")
-        samples, rate = read_wav(raw)
-    if samples.size == 0:
-        raise RuntimeError(f"{utterance.voice} produced no audio for {utterance.id}")
-    samples = resample(samples, rate, sample_rate)
-    if utterance.style.warp != 1.0:  # played `warp` times faster: formants, pitch and tempo move together
-        samples = resample(samples, round(100 * utterance.style.warp), 100)
-    write_wav(target, samples, sample_rate)
+        raws = [Path(tmp) / f"raw{i}.wav" for i in range(len(todo))]
+        _speak(todo, raws, Path(tmp))
+        for utterance, raw in zip(todo, raws):
+            samples, rate = read_wav(raw)
+            if samples.size == 0:
+                raise RuntimeError(f"{utterance.voice} produced no audio for {utterance.id}")
+            samples = resample(samples, rate, sample_rate)
+            if utterance.style.warp != 1.0:  # played `warp` times faster: formants, pitch and tempo move together
+                samples = resample(samples, round(100 * utterance.style.warp), 100)
+            write_wav(utterance.wav_path(root), samples, sample_rate)
+
+
+def _batches(utterances: list[Utterance]) -> list[list[Utterance]]:
+    """Work items for the pool: festival utterances in batches of one voice, the others one by one."""
+    batches, festival = [], {}
+    for u in utterances:
+        if u.voice.startswith("festival:"):
+            festival.setdefault(u.voice, []).append(u)
+        else:
+            batches.append([u])
+    for group in festival.values():
+        batches += [group[i:i + FESTIVAL_BATCH] for i in range(0, len(group), FESTIVAL_BATCH)]
+    return batches
 
 
 def _manifest_line(utterance: Utterance, root: Path) -> dict:
@@ -258,8 +305,8 @@ def build_corpus(config: SpeechCorpusConfig, sentences: list[str] | None = None)
     utterances = plan(config, sentences)
     todo = [u for u in utterances if not u.wav_path(root).exists()]
     with ThreadPoolExecutor(config.workers) as pool, tqdm(total=len(todo), desc="synthesize", unit="utt") as bar:
-        for _ in pool.map(lambda u: synthesize(u, root, config.sample_rate), todo):
-            bar.update()
+        for done in pool.map(lambda batch: synthesize(batch, root, config.sample_rate) or len(batch), _batches(todo)):
+            bar.update(done)
     counts = {}
     for name in MANIFESTS:
         lines = [_manifest_line(u, root) for u in utterances if u.manifest == name]

@@ -21,18 +21,34 @@ def evaluate_manifest(model, manifest: str | Path, batch_size: int = 16) -> dict
     lines = [json.loads(l) for l in manifest.read_text().splitlines() if l.strip()]
     model.eval()
     model.quantizer.reset_usage()
-    hyps, refs = [], []
+    hyps, refs, speakers = [], [], []
     for start in range(0, len(lines), batch_size):
         chunk = list(enumerate(lines[start:start + batch_size], start + 1))
         audio, lengths = pad_batch([load_audio(manifest, n, line, model.cfg.sample_rate) for n, line in chunk])
         log_probs, token_lengths, _ = model(audio, lengths)
         hyps += model.greedy_decode(log_probs, token_lengths)
         refs += [line["text"] for _, line in chunk]
+        speakers += [line.get("speaker", "") for _, line in chunk]
     return {
         "manifest": manifest.name,
         "utterances": len(lines),
         "wer": word_error_rate(hyps, refs),
+        "cer": word_error_rate(hyps, refs, use_cer=True),
+        "by_speaker": _by_speaker(hyps, refs, speakers),
         "codebook_usage": model.quantizer.codebook_usage(),
         "perplexity": float(perplexity(model.quantizer.usage)),
         "examples": [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps))[:3]],
     }
+
+
+def _by_speaker(hyps: list[str], refs: list[str], speakers: list[str]) -> dict[str, dict]:
+    """WER and CER per voice: one average hides that some training voices are much harder than others."""
+    from nemo.collections.asr.metrics.wer import word_error_rate
+
+    report = {}
+    for speaker in sorted(set(speakers)):
+        pairs = [(h, r) for h, r, s in zip(hyps, refs, speakers) if s == speaker]
+        h, r = [p[0] for p in pairs], [p[1] for p in pairs]
+        report[speaker] = {"utterances": len(pairs), "wer": word_error_rate(h, r),
+                           "cer": word_error_rate(h, r, use_cer=True)}
+    return report

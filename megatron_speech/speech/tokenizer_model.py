@@ -52,6 +52,8 @@ class SpeechTokenizerModel(ModelPT):
         super().__init__(cfg=cfg, trainer=trainer)
         self.samples_per_token = int(round(cfg.sample_rate / cfg.token_rate))
         self.preprocessor = ModelPT.from_config_dict(cfg.preprocessor)
+        # SpecAugment masks (NeMo's module), in training only: a config without it trains as before.
+        self.spec_augment = ModelPT.from_config_dict(cfg.spec_augment) if cfg.get("spec_augment") else None
         self.encoder = ModelPT.from_config_dict(cfg.encoder)
         d_model = cfg.encoder.d_model
         self.pre_quantizer = torch.nn.Linear(d_model, cfg.quantizer.dim)
@@ -91,6 +93,8 @@ class SpeechTokenizerModel(ModelPT):
     def encode(self, audio: torch.Tensor, audio_lengths: torch.Tensor):
         """Continuous pre-quantizer frames [B, T, D] at the token rate, and their lengths."""
         features, feature_lengths = self.preprocessor(input_signal=audio, length=audio_lengths)
+        if self.spec_augment is not None and self.training:
+            features = self.spec_augment(input_spec=features, length=feature_lengths)
         encoded, _ = self.encoder(audio_signal=features, length=feature_lengths)
         lengths = self.token_lengths(audio_lengths)
         frames = self.pre_quantizer(encoded.transpose(1, 2))[:, : int(lengths.max())]
