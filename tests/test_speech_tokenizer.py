@@ -259,6 +259,14 @@ def test_training_recipe_writes_a_checkpoint_and_its_report(tmp_path, units):
     assert set(heldout["by_speaker"]) == {"flite:awb"} and heldout["by_speaker"]["flite:awb"]["wer"] == heldout["wer"]
     assert set(test["by_speaker"]) <= {"flite:slt", "espeak:en-us"}
     assert sum(v["utterances"] for v in test["by_speaker"].values()) == 2
+    # the evaluation alone, on the saved checkpoint, gives the same figures as after training
+    evaluate = REPO / "tools/evaluate_speech_tokenizer.py"
+    subprocess.run([sys.executable, str(evaluate), str(tmp_path / "runs/tiny/tiny.nemo"),
+                    str(corpus / "test_heldout_voice.jsonl"), "--output", str(tmp_path / "again.json")],
+                   check=True, cwd=tmp_path, capture_output=True)
+    (again,) = json.loads((tmp_path / "again.json").read_text())["results"]
+    assert again["wer"] == heldout["wer"] and again["by_speaker"] == heldout["by_speaker"]
+    assert again["perplexity"] == pytest.approx(heldout["perplexity"])  # the same tokens
     assert (tmp_path / "runs/tiny/tiny.nemo").stat().st_size > 0
     assert ("model_path" in (report["config"]["subwords"] or {})) == bool(units)
 

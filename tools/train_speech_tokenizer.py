@@ -6,7 +6,7 @@
 
 Writes <exp_dir>/<name>/<name>.nemo and <name>.eval.json (WER and CER on held-out sentences of the
 training voices and on the held-out voice, also per voice; codebook usage and perplexity, training
-time, library versions).
+time, library versions). tools/evaluate_speech_tokenizer.py does the evaluation alone, for any manifest.
 """
 
 import json
@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nemo.core.config import hydra_runner
 
-from megatron_speech.speech.evaluate import evaluate_manifest
+from megatron_speech.speech.evaluate import evaluate_manifest, report_lines
 from megatron_speech.speech.subwords import train_subword_model
 from megatron_speech.speech.tokenizer_model import SpeechTokenizerModel
 
@@ -53,11 +53,8 @@ def main(cfg: DictConfig) -> None:
               "results": [evaluate_manifest(model, corpus / f"{m}.jsonl") for m in ("test", "test_heldout_voice")],
               "config": OmegaConf.to_container(cfg.model, resolve=True)}
     (out / f"{cfg.name}.eval.json").write_text(json.dumps(report, indent=2) + "\n")
-    for r in report["results"]:
-        print(f"[eval] {r['manifest']}: WER {r['wer']:.1%} (CER {r['cer']:.1%}), codebook usage "
-              f"{r['codebook_usage']:.0%}, perplexity {r['perplexity']:.0f}")
-        for speaker, v in r["by_speaker"].items():
-            print(f"[eval]   {speaker}: WER {v['wer']:.1%}, CER {v['cer']:.1%} ({v['utterances']} utterances)")
+    for result in report["results"]:
+        print("\n".join(report_lines(result)))
 
 
 if __name__ == "__main__":

@@ -52,3 +52,12 @@ def _by_speaker(hyps: list[str], refs: list[str], speakers: list[str]) -> dict[s
         report[speaker] = {"utterances": len(pairs), "wer": word_error_rate(h, r),
                            "cer": word_error_rate(h, r, use_cer=True)}
     return report
+
+
+def report_lines(result: dict) -> list[str]:
+    """What the tools print of one manifest's result: the totals, then each voice."""
+    lines = [f"[eval] {result['manifest']}: WER {result['wer']:.1%} (CER {result['cer']:.1%}), codebook usage "
+             f"{result['codebook_usage']:.0%}, perplexity {result['perplexity']:.0f}"]
+    for speaker, v in result["by_speaker"].items():
+        lines.append(f"[eval]   {speaker}: WER {v['wer']:.1%}, CER {v['cer']:.1%} ({v['utterances']} utterances)")
+    return lines
