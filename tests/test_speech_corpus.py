@@ -6,8 +6,8 @@ import wave
 import pytest
 
 from megatron_speech.speech.corpus import (
-    FESTIVAL_BATCH,
     MANIFESTS,
+    UTTERANCES_PER_PROCESS,
     SpeechCorpusConfig,
     Style,
     Utterance,
@@ -21,6 +21,7 @@ from megatron_speech.speech.corpus import (
     wordnet_sentences,
 )
 
+FESTIVAL_BATCH = UTTERANCES_PER_PROCESS["festival"]
 VOICES = ["flite:slt", "espeak:en-us", "espeak:en-gb+f3", "festival:ked_diphone", "flite:rms"]
 
 

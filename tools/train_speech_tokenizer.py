@@ -9,7 +9,6 @@ training voices and on the held-out voice, also per voice; codebook usage and pe
 time, library versions). tools/evaluate_speech_tokenizer.py does the evaluation alone, for any manifest.
 """
 
-import json
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nemo.core.config import hydra_runner
 
+from megatron_speech import atomic
 from megatron_speech.speech.evaluate import evaluate_manifest, report_lines
 from megatron_speech.speech.subwords import train_subword_model
 from megatron_speech.speech.tokenizer_model import SpeechTokenizerModel
@@ -52,7 +52,7 @@ def main(cfg: DictConfig) -> None:
               "epochs": trainer.current_epoch, "steps": trainer.global_step, "versions": _versions(),
               "results": [evaluate_manifest(model, corpus / f"{m}.jsonl") for m in ("test", "test_heldout_voice")],
               "config": OmegaConf.to_container(cfg.model, resolve=True)}
-    (out / f"{cfg.name}.eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic.write_json(out / f"{cfg.name}.eval.json", report)
     for result in report["results"]:
         print("\n".join(report_lines(result)))
 

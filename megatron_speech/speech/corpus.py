@@ -45,8 +45,9 @@ DEFAULT_VOICES = (
     "flite:slt", "flite:awb", "flite:kal16", "flite:rms",
     "espeak:en-us", "espeak:en-gb", "espeak:en-us+f3", "espeak:en-gb-x-rp+m3", "espeak:en-029",
 )
-ENGINES = ("flite", "espeak", "festival")
-FESTIVAL_BATCH = 64  # utterances per festival process: its start-up (~1 s) costs more than a sentence
+# The engines, and how many utterances one process of each speaks: festival's start-up (~1 s) costs
+# more than a sentence, flite's and espeak-ng's almost nothing.
+UTTERANCES_PER_PROCESS = {"flite": 1, "espeak": 1, "festival": 64}
 MANIFESTS = ("train", "dev", "test", "dev_heldout_voice", "test_heldout_voice")
 _SENTENCE = re.compile(r"[A-Za-z][A-Za-z' ,]*[A-Za-z]")
 
@@ -90,8 +91,9 @@ class SpeechCorpusConfig:
             raise ValueError(f"held_out_voice {self.held_out_voice!r} is not among voices {self.voices}")
         for voice in self.voices:
             engine, _, name = voice.partition(":")
-            if engine not in ENGINES or not name:
-                raise ValueError(f"voice {voice!r}: expected <engine>:<name>, engine one of {ENGINES}")
+            if engine not in UTTERANCES_PER_PROCESS or not name:
+                raise ValueError(f"voice {voice!r}: expected <engine>:<name>, engine one of "
+                                 f"{sorted(UTTERANCES_PER_PROCESS)}")
             if engine == "festival" and not re.fullmatch(r"[a-z0-9_]+", name):
                 raise ValueError(f"voice {voice!r}: a festival voice is a name like ked_diphone")
         if len(self.training_voices) < self.voices_per_sentence:
@@ -276,15 +278,14 @@ def synthesize(utterances: list[Utterance], root: Path, sample_rate: int) -> Non
 
 
 def _batches(utterances: list[Utterance]) -> list[list[Utterance]]:
-    """Work items for the pool: festival utterances in batches of one voice, the others one by one."""
-    batches, festival = [], {}
+    """Work items for the pool: each voice's utterances, as many as one process of its engine speaks."""
+    by_voice: dict[str, list[Utterance]] = {}
     for u in utterances:
-        if u.voice.startswith("festival:"):
-            festival.setdefault(u.voice, []).append(u)
-        else:
-            batches.append([u])
-    for group in festival.values():
-        batches += [group[i:i + FESTIVAL_BATCH] for i in range(0, len(group), FESTIVAL_BATCH)]
+        by_voice.setdefault(u.voice, []).append(u)
+    batches = []
+    for voice, group in by_voice.items():
+        size = UTTERANCES_PER_PROCESS[voice.split(":", 1)[0]]
+        batches += [group[i:i + size] for i in range(0, len(group), size)]
     return batches
 
 
