@@ -91,8 +91,8 @@ def plain_write(path: str, nbytes_source: str) -> float:
 def end_to_end(work: Path, target_mb: int) -> dict[int, float]:
     from megatron_speech.data.default_corpus import default_documents
     from megatron_speech.data.preprocess import PreprocessConfig, preprocess
-    from megatron_speech.tokenizer import SpeechTextTokenizer
-    from megatron_speech.tokenizer.train_text_tokenizer import train_bpe
+    from megatron_speech.lm_tokenizer import SpeechTextTokenizer
+    from megatron_speech.lm_tokenizer.train_bpe import train_bpe
 
     docs = default_documents()
     train_bpe(docs, 8192, work / "text" / "tokenizer.json")

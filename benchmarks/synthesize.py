@@ -31,7 +31,7 @@ from megatron_speech.models.config import SpeechGPTConfig
 from megatron_speech.models.gpt import build_model, full_logits
 from megatron_speech.synthesis.generate import GenerationConfig, SpanGenerator
 from megatron_speech.synthesis.spans import SpanConfig, sample_spans, split_document
-from megatron_speech.tokenizer import SpeechTextTokenizer
+from megatron_speech.lm_tokenizer import SpeechTextTokenizer
 
 PAPER_TOKENS_PER_S = 25_000  # 1.5B text-to-token model on one H800 (arXiv 2411.17607)
 

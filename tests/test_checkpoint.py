@@ -5,10 +5,10 @@ import shutil
 import signal
 
 import pytest
-from conftest import tiny_train_config
+from megatron_speech.testing.tiny import tiny_train_config
 
 from megatron_speech.testing.multiprocess import run_processes
-from megatron_speech.training import checkpoint
+from megatron_speech.checkpoints import megatron as checkpoint
 from megatron_speech.training.config import TrainConfig
 
 STEPS = 8
@@ -96,7 +96,7 @@ def _resume_error(prepared, ckpt, **changes) -> str:
 
 
 def test_vocab_mismatch_is_refused(prepared, saved, tmp_path, text_tokenizer_file):
-    from megatron_speech.tokenizer import SpeechTextTokenizer
+    from megatron_speech.lm_tokenizer import SpeechTextTokenizer
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(saved, ckpt)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_train_config
+from megatron_speech.testing.tiny import tiny_train_config
 
-from megatron_speech.convert.hf import read_hf_checkpoint
+from megatron_speech.checkpoints.hf import read_hf_checkpoint
 from megatron_speech.testing.multiprocess import run_processes
 from megatron_speech.training.config import TrainConfig
 
@@ -24,8 +24,8 @@ def train_and_reference(values: dict, tokens: torch.Tensor) -> dict:
     """Train two steps with a checkpoint, reload it in the same layout, and report logits and loss."""
     from megatron_speech import parallel as par
     from megatron_speech.models.gpt import build_model, full_logits
-    from megatron_speech.tokenizer import SpeechTextTokenizer
-    from megatron_speech.training import checkpoint
+    from megatron_speech.lm_tokenizer import SpeechTextTokenizer
+    from megatron_speech.checkpoints import megatron as checkpoint
     from megatron_speech.training.loop import pretrain
     from megatron_speech.training.step import forward_backward
 
@@ -120,11 +120,11 @@ def test_hf_to_megatron_to_hf_is_lossless(converted, prepared, tmp_path):
 
 def expanded_text_logits(hf_dir: str, tokenizer_dir: str, tp: int, tokens: torch.Tensor) -> torch.Tensor:
     from megatron_speech import parallel as par
-    from megatron_speech.convert.hf import model_config_from_hf
+    from megatron_speech.checkpoints.hf import model_config_from_hf
     from megatron_speech.models.gpt import build_model, full_logits
-    from megatron_speech.tokenizer import SpeechTextTokenizer
+    from megatron_speech.lm_tokenizer import SpeechTextTokenizer
     from megatron_speech.training.config import InitConfig
-    from megatron_speech.training.init import initialise
+    from megatron_speech.training.initial_weights import initialise
 
     import json
 

@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import yaml
-from conftest import tiny_train_config
+from megatron_speech.testing.tiny import tiny_train_config
 
 from megatron_speech.testing.multiprocess import run_processes
 from megatron_speech.training.config import TrainConfig
@@ -84,7 +84,7 @@ def test_mixture_file_is_read_and_inline_keys_win(tmp_path, monkeypatch):
     (tmp_path / "mix.yaml").write_text(yaml.safe_dump(
         {"split": "90,10,0", "seq_length": 512, "sources": [{"prefix": "a", "weight": 0.3}, {"prefix": "b"}]}))
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(
-        {"tokenizer": "t", "data": {"mixture": "mix.yaml", "seq_length": 256}}))
+        {"tokenizer": "t", "data": {"include": "mix.yaml", "seq_length": 256}}))
     config = TrainConfig.from_yaml(tmp_path / "run.yaml", {"schedule.steps": 7})
     assert [(s.prefix, s.weight) for s in config.data.sources] == [("a", 0.3), ("b", 1.0)]
     assert (config.data.split, config.data.seq_length, config.schedule.steps) == ("90,10,0", 256, 7)

@@ -13,8 +13,9 @@ import torch
 from megatron_speech import _C
 from megatron_speech.data import indexed
 from megatron_speech.data.corpus import CorpusError
-from megatron_speech.data.preprocess import CRASH_AFTER_DOCS_ENV, PreprocessConfig, preprocess
-from megatron_speech.tokenizer import AudioSegment, SpeechTextTokenizer, TextSegment
+from megatron_speech.data.preprocess import PreprocessConfig, preprocess
+from megatron_speech.jobs import CRASH_AFTER_DOCS_ENV
+from megatron_speech.lm_tokenizer import AudioSegment, SpeechTextTokenizer, TextSegment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,7 +112,7 @@ def _run(inputs, prefix, tokenizer_dir, **kwargs) -> dict:
 def test_layouts_decode_back_and_match_the_reference(tmp_path, write_jsonl, tokenizers, layout, size):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    from megatron_speech.tokenizer import normalize_segments
+    from megatron_speech.lm_tokenizer import normalize_segments
 
     records = _records(layout)
     corpus = write_jsonl("in.jsonl", records)
@@ -169,7 +170,7 @@ def test_killed_worker_then_rerun_is_byte_identical(tmp_path, write_jsonl, token
     crashed = _tool(chunked, env={CRASH_AFTER_DOCS_ENV: "5"})
     assert crashed.returncode != 0 and "rerun the same command to resume" in crashed.stderr
     assert not (tmp_path / "resumed.bin").exists() and not indexed.metadata_path(tmp_path / "resumed").exists()
-    assert list((tmp_path / "resumed.shards").glob("*.tmp")), "the crash should leave a partial shard"
+    assert list((tmp_path / "resumed.shards").rglob("*.tmp")), "the crash should leave a partial shard"
     rerun = _tool(chunked)
     assert rerun.returncode == 0, rerun.stderr
     for suffix in (".bin", ".idx"):

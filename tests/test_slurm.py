@@ -3,6 +3,7 @@ and a synthesis array with its finalize job."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from megatron_speech.data.default_corpus import default_documents
 from megatron_speech.testing.multiprocess import run_processes
 from megatron_speech.testing.slurm import LocalSlurmCluster, wait_for
 from megatron_speech.training.config import TrainConfig
-from conftest import SYNTHETIC_RATE
+from megatron_speech.testing.tiny import SYNTHETIC_RATE
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "examples/pretrain/configs/cpu_tiny.yaml"
@@ -122,3 +123,28 @@ def test_synthesis_array_and_finalize(t2t, tmp_path):
     assert ids == [f"corpus.jsonl:{n}" for n in range(1, len(docs) + 1)]  # every document once, in order
     assert stats["indexed"]["documents"] == len(docs)
     assert os.path.exists(tmp_path / "indexed.bin") and tokenizer.codebook_size == 64
+
+
+def test_a_killed_test_run_stops_its_cluster(tmp_path):
+    """SIGTERM to a process holding a cluster (a CI time-out, a cancelled run) stops its daemons."""
+    script = ("import sys, time\nfrom megatron_speech.testing.slurm import LocalSlurmCluster\n"
+              "LocalSlurmCluster(sys.argv[1], cpus=1).start()\nprint('up', flush=True)\ntime.sleep(600)\n")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "slurm")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "up"
+        pids = [int((tmp_path / "slurm" / f).read_text()) for f in ("slurmctld.pid", "slurmd.pid", "munge/munged.pid")]
+        assert all(_alive(pid) for pid in pids)
+        holder.send_signal(signal.SIGTERM)
+        assert holder.wait(30) == -signal.SIGTERM  # it still dies of the signal
+        wait_for(lambda: not any(_alive(pid) for pid in pids), 30, "the daemons to stop")
+    finally:
+        holder.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/stat")
+    return not (status.exists() and status.read_text().split()[2] == "Z")  # a zombie has stopped

@@ -5,20 +5,16 @@ import wave
 
 import pytest
 
-from megatron_speech.speech.corpus import (
-    MANIFESTS,
+from megatron_speech.speech.audio import read_wav
+from megatron_speech.speech.corpus import MANIFESTS, SpeechCorpusConfig, build_corpus, plan
+from megatron_speech.speech.text import normalize_text, wordnet_sentences
+from megatron_speech.speech.voices import (
     UTTERANCES_PER_PROCESS,
-    SpeechCorpusConfig,
     Style,
     Utterance,
     VoiceVariation,
-    _batches,
-    build_corpus,
-    normalize_text,
-    plan,
-    read_wav,
+    batches,
     synthesize,
-    wordnet_sentences,
 )
 
 FESTIVAL_BATCH = UTTERANCES_PER_PROCESS["festival"]
@@ -116,11 +112,11 @@ def test_a_missing_festival_voice_names_itself_and_the_utterance(tmp_path):
 def test_festival_utterances_share_a_process_per_voice_and_the_rest_go_one_by_one():
     voices = ["festival:ked_diphone", "flite:slt", "festival:kal_diphone"]
     utterances = [Utterance(f"s{i}", "a b c d", voices[i % 3], "train") for i in range(3 * FESTIVAL_BATCH + 3)]
-    batches = _batches(utterances)
-    assert sorted(u.id for b in batches for u in b) == sorted(u.id for u in utterances)
-    assert all(len({u.voice for u in b}) == 1 and len(b) <= FESTIVAL_BATCH for b in batches)
-    assert all(len(b) == 1 for b in batches if b[0].voice == "flite:slt")
-    assert sum(1 for b in batches if b[0].voice.startswith("festival:")) == 4  # 65 utterances each: 64 + 1
+    work = batches(utterances)
+    assert sorted(u.id for b in work for u in b) == sorted(u.id for u in utterances)
+    assert all(len({u.voice for u in b}) == 1 and len(b) <= FESTIVAL_BATCH for b in work)
+    assert all(len(b) == 1 for b in work if b[0].voice == "flite:slt")
+    assert sum(1 for b in work if b[0].voice.startswith("festival:")) == 4  # 65 utterances each: 64 + 1
 
 
 def test_unreadable_wav_names_the_file(tmp_path):

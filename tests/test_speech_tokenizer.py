@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from megatron_speech.speech.quantizer import VectorQuantizerEMA
+from megatron_speech.speech_tokenizer.quantizer import VectorQuantizerEMA
 
 REPO = Path(__file__).resolve().parents[1]
 pytest.importorskip("nemo.collections.asr", reason="nemo_toolkit[asr] is installed by scripts/setup.sh")
@@ -25,7 +25,7 @@ def tiny_config(token_rate: float = 12.5, subsampling_factor: int = 4):
 
 
 def _model(token_rate: float = 12.5, subsampling_factor: int = 4):
-    from megatron_speech.speech.tokenizer_model import SpeechTokenizerModel
+    from megatron_speech.speech_tokenizer.model import SpeechTokenizerModel
 
     torch.manual_seed(0)
     return SpeechTokenizerModel(tiny_config(token_rate, subsampling_factor))
@@ -85,7 +85,7 @@ def test_quantizer_is_straight_through_and_masks_padding():
 
 
 def test_nemo_checkpoint_round_trip(tmp_path):
-    from megatron_speech.speech.tokenizer_model import SpeechTokenizerModel
+    from megatron_speech.speech_tokenizer.model import SpeechTokenizerModel
 
     model = _model().eval()
     audio = torch.randn(1, 16000) * 0.1
@@ -98,8 +98,8 @@ def test_nemo_checkpoint_round_trip(tmp_path):
 
 def test_subword_ctc_units_train_once_and_travel_in_the_nemo(tmp_path):
     """A SentencePiece model of the transcripts becomes the CTC head's units, and the .nemo carries it."""
-    from megatron_speech.speech.subwords import train_subword_model
-    from megatron_speech.speech.tokenizer_model import SpeechTokenizerModel
+    from megatron_speech.speech_tokenizer.subwords import train_subword_model
+    from megatron_speech.speech_tokenizer.model import SpeechTokenizerModel
 
     words = "the cat sat on a mat while the dog ran after the red ball in the park".split()
     manifest = tmp_path / "train.jsonl"
@@ -145,14 +145,14 @@ def small_corpus(tmp_path_factory):
 
 
 def _tokenize(manifest, output, model, **kw):
-    from megatron_speech.speech.tokenize import TokenizeConfig, tokenize_manifest
+    from megatron_speech.speech_tokenizer.tokenize import TokenizeConfig, tokenize_manifest
 
     return tokenize_manifest(TokenizeConfig(str(manifest), str(output), "unused.nemo", batch_size=4, **kw), model)
 
 
 def test_tokens_feed_the_preprocessing_tool(small_corpus, tmp_path, speech_tokenizer):
     from megatron_speech.data.preprocess import PreprocessConfig, preprocess
-    from megatron_speech.speech.corpus import read_wav
+    from megatron_speech.speech.audio import read_wav
 
     model = _model().eval()  # the output folder does not exist yet: the tool makes it
     tokens = tmp_path / "tokens" / "train.jsonl"
@@ -172,21 +172,28 @@ def test_tokens_feed_the_preprocessing_tool(small_corpus, tmp_path, speech_token
 
 
 def test_resume_after_a_crash_gives_the_same_file(small_corpus, tmp_path):
+    """A chunk torn mid-write (its part, no marker) is redone; complete chunks are kept as they are."""
     model = _model().eval()
-    _tokenize(small_corpus / "train.jsonl", tmp_path / "full.jsonl", model)
+    manifest = small_corpus / "train.jsonl"
+    _tokenize(manifest, tmp_path / "full.jsonl", model)
     full = (tmp_path / "full.jsonl").read_text()
-    lines = full.splitlines(keepends=True)
-    (tmp_path / "cut.jsonl.partial").write_text("".join(lines[:5]) + lines[5][:20])  # a torn line
-    stats = _tokenize(small_corpus / "train.jsonl", tmp_path / "cut.jsonl", model)
-    assert stats["resumed_from"] == 5
-    assert (tmp_path / "cut.jsonl").read_text() == full
+    # Shard 0 of 2 completes chunks 0, 2, ...; a "crash" in chunk 1 leaves a torn temporary part.
+    stats = _tokenize(manifest, tmp_path / "cut.jsonl", model, chunk_bytes=600, shard_index=0, num_shards=2)
+    parts = tmp_path / "cut.jsonl.shards" / "parts"
+    assert stats["chunks_done_now"] >= 2 and not (tmp_path / "cut.jsonl").exists()
+    kept = {p: p.stat().st_mtime_ns for p in parts.glob("*.jsonl")}
+    (parts / "00001.jsonl.999.tmp").write_text(full[:50])
+    _tokenize(manifest, tmp_path / "cut.jsonl", model, chunk_bytes=600, shard_index=1, num_shards=2)
+    assert (tmp_path / "cut.jsonl").read_text() == full  # the last shard joined every part in order
+    assert not parts.exists()
+    assert all(mtime == kept[p] for p, mtime in kept.items() if p.exists())
 
 
 @pytest.mark.parametrize("problem, message", [
     ("missing", "file not found"), ("empty", "empty audio"), ("corrupt", "not a readable wav"),
     ("rate", "sample rate 8000 Hz, expected 16000 Hz")])
 def test_bad_audio_is_named_or_skipped(small_corpus, tmp_path, problem, message):
-    from megatron_speech.speech.corpus import write_wav
+    from megatron_speech.speech.audio import write_wav
     import numpy as np
 
     lines = (small_corpus / "train.jsonl").read_text().splitlines()
@@ -208,7 +215,7 @@ def test_bad_audio_is_named_or_skipped(small_corpus, tmp_path, problem, message)
     stats = _tokenize(manifest, tmp_path / "out.jsonl", model, on_error="skip")
     assert stats["written"] == 3 and stats["skipped"] == 1
     report = [json.loads(l) for l in (tmp_path / "out.jsonl.errors.jsonl").read_text().splitlines()]
-    assert report[0]["line"] == 2 and message in report[0]["reason"]
+    assert report[0]["record"] == 2 and report[0]["file"] == str(manifest) and message in report[0]["reason"]
 
 
 def test_duration_buckets_give_every_utterance_once(small_corpus):
@@ -272,7 +279,7 @@ def test_training_recipe_writes_a_checkpoint_and_its_report(tmp_path, units):
 
 
 def test_spec_augment_masks_features_in_training_only():
-    from megatron_speech.speech.tokenizer_model import SpeechTokenizerModel
+    from megatron_speech.speech_tokenizer.model import SpeechTokenizerModel
 
     plain_cfg = tiny_config()
     plain_cfg.preprocessor.dither = 0.0  # dither is random in training too: only the masks may differ
@@ -291,7 +298,7 @@ def test_spec_augment_masks_features_in_training_only():
 def test_full_scale_config_has_consistent_shapes():
     """The cluster config is not trained here; build one layer of each stack at full width and check
     shapes, and that the whole encoder is Whisper-large-sized."""
-    from megatron_speech.speech.tokenizer_model import SpeechTokenizerModel
+    from megatron_speech.speech_tokenizer.model import SpeechTokenizerModel
 
     cfg = OmegaConf.load(REPO / "examples/speech_tokenizer/conf/full.yaml").model
     layers = cfg.encoder.n_layers

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from megatron_speech.data.default_corpus import default_documents
-from megatron_speech.data.preprocess import CRASH_AFTER_DOCS_ENV
+from megatron_speech.jobs import CRASH_AFTER_DOCS_ENV
 from megatron_speech.synthesis.generate import filtered_probabilities
 from megatron_speech.synthesis.spans import SpanConfig, sample_spans, split_document, word_offsets
 from megatron_speech.testing.multiprocess import run_processes
-from conftest import SYNTHETIC_RATE, tts_records
+from megatron_speech.testing.tiny import SYNTHETIC_RATE, tts_records
 
 REPO = Path(__file__).resolve().parents[1]
 

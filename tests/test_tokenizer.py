@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from megatron_speech.tokenizer import (
+from megatron_speech.lm_tokenizer import (
     BEGIN_OF_AUDIO,
     END_OF_AUDIO,
     AudioSegment,

@@ -6,10 +6,10 @@ import pytest
 
 from megatron_speech.data.indexed import read_metadata
 from megatron_speech.testing.multiprocess import run_processes
-from megatron_speech.tokenizer import SpeechTextTokenizer
+from megatron_speech.lm_tokenizer import SpeechTextTokenizer
 from megatron_speech.training.config import TrainConfig
 from megatron_speech.training.data import DataConfig, DataSource, check_sources
-from conftest import tiny_train_config
+from megatron_speech.testing.tiny import tiny_train_config
 
 
 def _config(root, **schedule) -> dict:

@@ -9,7 +9,8 @@ Rerunning reuses finished wavs and rewrites identical manifests.
 import argparse
 import json
 
-from megatron_speech.speech.corpus import DEFAULT_VOICES, SpeechCorpusConfig, VoiceVariation, build_corpus
+from megatron_speech.speech.corpus import SpeechCorpusConfig, build_corpus
+from megatron_speech.speech.voices import DEFAULT_VOICES, VoiceVariation
 
 
 def main() -> None:

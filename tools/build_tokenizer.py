@@ -4,8 +4,8 @@ extended with K speech codes and the special tokens."""
 import argparse
 import json
 
-from megatron_speech.tokenizer import SpeechTextTokenizer
-from megatron_speech.tokenizer.train_text_tokenizer import train_bpe
+from megatron_speech.lm_tokenizer import SpeechTextTokenizer
+from megatron_speech.lm_tokenizer.train_bpe import train_bpe
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)

@@ -13,7 +13,7 @@ Runs in one process on CPU; the checkpoint is resharded to TP=1, PP=1 on load.
 
 import argparse
 
-from megatron_speech.convert.checkpoint import hf_to_megatron, megatron_to_hf
+from megatron_speech.checkpoints.convert import hf_to_megatron, megatron_to_hf
 
 
 def main() -> None:

@@ -10,8 +10,8 @@ after training, for a checkpoint and manifests of your choice, e.g. a new voice)
 import argparse
 
 from megatron_speech import atomic
-from megatron_speech.speech.evaluate import evaluate_manifest, report_lines
-from megatron_speech.speech.tokenizer_model import SpeechTokenizerModel
+from megatron_speech.speech_tokenizer.evaluate import evaluate_manifest, report_lines
+from megatron_speech.speech_tokenizer.model import SpeechTokenizerModel
 
 
 def main() -> None:

@@ -11,9 +11,8 @@ once, and its real tokens are transcribed too, for comparison.
 import argparse
 import json
 
-import yaml
-
-from megatron_speech import atomic, overrides
+from megatron_speech import atomic
+from megatron_speech import config as config_loader
 from megatron_speech.synthesis.evaluate import evaluate_synthesis, read_records
 from megatron_speech.synthesis.pipeline import SynthesisConfig, load_generator
 
@@ -25,11 +24,13 @@ def main() -> None:
     parser.add_argument("--texts", required=True, help="speech-token jsonl with the texts to synthesize")
     parser.add_argument("--limit", type=int, help="at most this many texts")
     parser.add_argument("--output", help="write the report here as JSON")
-    overrides.add_argument(parser)
+    config_loader.add_overrides_argument(parser)
     args = parser.parse_args()
-    with open(args.config) as f:
-        config = SynthesisConfig.from_dict(overrides.apply(yaml.safe_load(f), overrides.parse(args.set)))
-    from megatron_speech.speech.tokenizer_model import SpeechTokenizerModel
+    try:
+        config = config_loader.load(SynthesisConfig, args.config, args.set)
+    except config_loader.ConfigError as exc:
+        parser.error(str(exc))
+    from megatron_speech.speech_tokenizer.model import SpeechTokenizerModel
 
     speech_model = SpeechTokenizerModel.restore_from(args.speech_tokenizer, map_location="cpu").eval()
     report = evaluate_synthesis(load_generator(config), speech_model, read_records(args.texts, args.limit))

@@ -9,6 +9,7 @@ Resumable: rerun the same command after a crash and only unfinished chunks are r
 import argparse
 import sys
 
+from megatron_speech import jobs
 from megatron_speech.data.corpus import CorpusError
 from megatron_speech.data.layouts import LAYOUTS
 from megatron_speech.data.preprocess import PreprocessConfig, preprocess
@@ -25,16 +26,19 @@ def main() -> None:
                         help="skip: leave bad records out and list them in <prefix>.errors.jsonl")
     parser.add_argument("--chunk-mb", type=float, default=64, help="work unit: MB of plain jsonl")
     parser.add_argument("--backend", choices=("cpp", "python"), default="cpp")
+    parser.add_argument("--overwrite", action="store_true", help="replace another job's unfinished shards")
     args = parser.parse_args()
     config = PreprocessConfig(
         inputs=args.inputs, output_prefix=args.output_prefix, tokenizer=args.tokenizer, layout=args.layout,
         field=args.field, workers=args.workers, on_error=args.on_error, chunk_bytes=max(1, int(args.chunk_mb * (1 << 20))),
-        backend=args.backend,
+        backend=args.backend, overwrite=args.overwrite,
     )
     try:
         stats = preprocess(config)
     except CorpusError as exc:
         sys.exit(f"error: {exc}\n(rerun with --on-error skip to leave bad records out; finished chunks are kept)")
+    except jobs.JobError as exc:
+        sys.exit(f"error: {exc}")
     skipped = f", {stats['skipped']} bad records skipped (see {args.output_prefix}.errors.jsonl)" if stats["skipped"] else ""
     print(f"{stats['documents']:,} documents, {stats['tokens']:,} tokens -> {args.output_prefix}.bin/.idx{skipped}")
 

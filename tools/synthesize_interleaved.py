@@ -11,22 +11,12 @@ Resumable: rerun the same command after a crash or preemption; finished chunks a
 
 import argparse
 import json
-import os
 import sys
 
-import yaml
-
-from megatron_speech import overrides
+from megatron_speech import config as config_loader
+from megatron_speech import jobs
 from megatron_speech.data.corpus import CorpusError
 from megatron_speech.synthesis.pipeline import SynthesisConfig, finalize, run_shard
-
-
-def shard_from_environment() -> tuple[int, int]:
-    """(index, count) of this Slurm array task, or (0, 1) outside an array."""
-    if "SLURM_ARRAY_TASK_ID" not in os.environ:
-        return 0, 1
-    index = int(os.environ["SLURM_ARRAY_TASK_ID"]) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
-    return index, int(os.environ["SLURM_ARRAY_TASK_COUNT"])
 
 
 def main() -> None:
@@ -35,21 +25,21 @@ def main() -> None:
     parser.add_argument("--shard-index", type=int, help="this task's shard (default: SLURM_ARRAY_TASK_ID)")
     parser.add_argument("--num-shards", type=int, help="number of shards (default: SLURM_ARRAY_TASK_COUNT)")
     parser.add_argument("--finalize", action="store_true", help="after all shards: stats.json (+ indexed binaries)")
-    overrides.add_argument(parser)
+    config_loader.add_overrides_argument(parser)
     args = parser.parse_args()
-    with open(args.config) as f:
-        values = yaml.safe_load(f)
     try:
-        config = SynthesisConfig.from_dict(overrides.apply(values, overrides.parse(args.set)))
-    except (TypeError, ValueError) as exc:
-        parser.error(f"{args.config}: {exc}")
-    index, count = shard_from_environment()
+        config = config_loader.load(SynthesisConfig, args.config, args.set)
+    except config_loader.ConfigError as exc:
+        parser.error(str(exc))
+    index, count = jobs.shard_from_environment()
     index = index if args.shard_index is None else args.shard_index
     count = count if args.num_shards is None else args.num_shards
     try:
         summary = finalize(config) if args.finalize else run_shard(config, index, count)
     except CorpusError as exc:
         sys.exit(f"error: {exc}\n(set on_error: skip to leave bad records out; finished chunks are kept)")
+    except jobs.JobError as exc:
+        sys.exit(f"error: {exc}")
     summary.pop("errors", None)
     print(json.dumps(summary, indent=2))
 

@@ -18,9 +18,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from nemo.core.config import hydra_runner
 
 from megatron_speech import atomic
-from megatron_speech.speech.evaluate import evaluate_manifest, report_lines
-from megatron_speech.speech.subwords import train_subword_model
-from megatron_speech.speech.tokenizer_model import SpeechTokenizerModel
+from megatron_speech.speech_tokenizer.evaluate import evaluate_manifest, report_lines
+from megatron_speech.speech_tokenizer.subwords import train_subword_model
+from megatron_speech.speech_tokenizer.model import SpeechTokenizerModel
 
 CONF = str(Path(__file__).resolve().parents[1] / "examples" / "speech_tokenizer" / "conf")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from megatron_speech.data.corpus import CorpusError, text_field
-from megatron_speech.tokenizer import AudioSegment, Segment, SpeechTextTokenizer, TextSegment
+from megatron_speech.lm_tokenizer import AudioSegment, Segment, SpeechTextTokenizer, TextSegment
 
 LAYOUTS = ("text", "speech", "asr", "tts", "interleaved")
 SPEECH_FIELD = "speech_tokens"  # contract 2: the speech tokenizer's codebook indices

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import yaml
 
+from megatron_speech.config import build
 from megatron_speech import backends
 from megatron_speech.parallel import ParallelConfig
 
@@ -61,11 +62,7 @@ class SpeechGPTConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "SpeechGPTConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**values)
+        return build(cls, values, "model")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "SpeechGPTConfig":

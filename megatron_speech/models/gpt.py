@@ -1,7 +1,7 @@
 """Build this rank's piece of the speech GPT as a Megatron-Core ``GPTModel``.
 
 The model is a plain Megatron GPT; what makes it a speech GPT is its vocabulary (text + speech codes,
-see ``megatron_speech.tokenizer``). The layer spec is the only thing that differs between machines:
+see ``megatron_speech.lm_tokenizer``). The layer spec is the only thing that differs between machines:
 Transformer Engine's fused layers where TE is present, Megatron's local layers elsewhere.
 """
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from megatron_speech.speech.corpus import normalize_text
+from megatron_speech.speech.text import normalize_text
 from megatron_speech.synthesis.generate import SpanGenerator
 
 

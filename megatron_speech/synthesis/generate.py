@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from megatron_speech.speech.corpus import normalize_text
-from megatron_speech.tokenizer import SpeechTextTokenizer
+from megatron_speech.speech.text import normalize_text
+from megatron_speech.lm_tokenizer import SpeechTextTokenizer
 
 STRATEGIES = ("greedy", "sample")
 

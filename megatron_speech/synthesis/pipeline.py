@@ -1,11 +1,11 @@
 """Text corpus → interleaved speech-text records, sharded over a cluster, resumable, reproducible.
 
-The corpus is cut into chunks exactly as the preprocessing tool cuts it (line-aligned byte ranges of
-plain jsonl, whole gz/parquet files); chunk ``c`` belongs to shard ``c % num_shards``. Each chunk
-becomes ``parts/NNNNN.jsonl`` (interleaved records, contract 4), written under a temporary name, and
-is complete once its ``parts/NNNNN.stats.json`` marker has been renamed into place. So:
+A job of ``megatron_speech.jobs`` (the same chunks, shards, locks and markers as preprocessing):
+each chunk becomes ``parts/NNNNN.jsonl`` (interleaved records, contract 4), complete once its
+``parts/NNNNN.stats.json`` marker has been renamed into place. So:
 
 - any number of shards (a Slurm array) covers the corpus exactly once, each document once;
+- two processes on one shard are refused, and another job's output folder is too;
 - a rerun skips complete chunks and redoes an interrupted one from its start; the output is
   byte-identical to an uninterrupted run's, because spans and sampling seeds depend only on
   (seed, document id), and batches only on the chunk's contents;
@@ -17,21 +17,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
-from megatron_speech import atomic
+from megatron_speech.config import build
+from megatron_speech import atomic, jobs
 from megatron_speech.data.corpus import CorpusError, read_records, text_field
-from megatron_speech.data.preprocess import CRASH_AFTER_DOCS_ENV, Chunk, PreprocessConfig, plan_chunks, preprocess
+from megatron_speech.data.preprocess import PreprocessConfig, preprocess
+from megatron_speech.jobs import Chunk
 from megatron_speech.synthesis.generate import GenerationConfig, SpanGenerator
 from megatron_speech.synthesis.spans import SpanConfig, sample_spans, split_document, word_offsets
-from megatron_speech.tokenizer import SpeechTextTokenizer
+from megatron_speech.lm_tokenizer import SpeechTextTokenizer
 
-JOB_FILE = "job.json"
 STATS_FILE = "stats.json"
 
 
@@ -51,6 +49,7 @@ class SynthesisConfig:
     on_error: str = "stop"  # stop | skip: what a malformed record does (as in preprocessing)
     indexed_prefix: str | None = None  # finalize also writes <prefix>.bin/.idx (layout interleaved)
     indexed_tokenizer: str | None = None  # the pre-training LM's tokenizer for those (default: tokenizer)
+    overwrite: bool = False  # replace another job's output in output_dir instead of refusing
 
     def __post_init__(self) -> None:
         if self.on_error not in ("stop", "skip"):
@@ -64,17 +63,21 @@ class SynthesisConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "SynthesisConfig":
-        return cls(**values)
+        return build(cls, values)
 
     def fingerprint(self) -> str:
         """What the output depends on: a rerun with another value must not mix its parts in."""
-        inputs = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in self.inputs]
         latest = Path(self.checkpoint) / "latest"
         step = str(self.checkpoint_step or (latest.read_text().strip() if latest.exists() else ""))
-        key = [inputs, self.text_field, self.id_field, asdict(self.spans), asdict(self.generation), self.chunk_bytes,
-               self.documents_per_batch, self.on_error, str(Path(self.checkpoint).resolve()), step,
-               SpeechTextTokenizer.load(self.tokenizer).fingerprint(), self.indexed_tokenizer]
-        return hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:16]
+        # Not on_error: under "stop" a bad record stops its chunk before the marker (see preprocessing).
+        return jobs.fingerprint([jobs.input_signature(self.inputs), self.text_field, self.id_field, asdict(self.spans),
+                                 asdict(self.generation), self.chunk_bytes, self.documents_per_batch,
+                                 str(Path(self.checkpoint).resolve()), step,
+                                 SpeechTextTokenizer.load(self.tokenizer).fingerprint(), self.indexed_tokenizer])
+
+    def job(self) -> jobs.Job:
+        return jobs.Job(self.output_dir, "synthesis", self.fingerprint(),
+                        {"inputs": self.inputs, "chunk_bytes": self.chunk_bytes})
 
 
 @dataclass
@@ -100,17 +103,6 @@ class ChunkStats:
         out["eta"] = round(self.speech_words / self.words, 4) if self.words else 0.0
         out["speech_tokens_per_s"] = round(self.speech_tokens / self.seconds, 1) if self.seconds else 0.0
         return out
-
-
-def shard_chunks(chunks: list[Chunk], shard_index: int, num_shards: int) -> list[Chunk]:
-    if not 0 <= shard_index < num_shards:
-        raise ValueError(f"shard index {shard_index} is outside [0, {num_shards})")
-    return [c for c in chunks if c.index % num_shards == shard_index]
-
-
-def _part_paths(output_dir: str, chunk: Chunk) -> tuple[Path, Path]:
-    base = Path(output_dir) / "parts" / f"{chunk.index:05d}"
-    return Path(f"{base}.jsonl"), Path(f"{base}.stats.json")
 
 
 def _document_id(record: dict, id_field: str, path: str, number: int) -> str:
@@ -150,7 +142,7 @@ class Synthesizer:
             except CorpusError as exc:
                 if not skip:
                     raise
-                stats.errors.append({"file": exc.path, "record": exc.record, "reason": exc.reason})
+                stats.errors.append(jobs.error_record(exc))
 
     def interleave(self, documents: list[tuple[str, str]], stats: ChunkStats) -> list[dict]:
         """Interleaved records for (id, text) documents; spans of all of them decoded together."""
@@ -194,17 +186,14 @@ class Synthesizer:
 
     # ---- one chunk --------------------------------------------------------------------------
 
-    def run_chunk(self, chunk: Chunk) -> ChunkStats:
+    def run_chunk(self, job: jobs.Job, chunk: Chunk) -> ChunkStats:
         """Write one chunk's part; a no-op returning its stats when it is already complete."""
-        part, marker = _part_paths(self.config.output_dir, chunk)
-        if marker.exists():
-            return ChunkStats(**json.loads(marker.read_text()))
-        part.parent.mkdir(parents=True, exist_ok=True)
-        tmp = part.with_name(part.name + ".tmp")
+        return ChunkStats(**job.run_chunk(chunk, ("jsonl",), lambda tmp: asdict(self._write_part(chunk, tmp["jsonl"]))))
+
+    def _write_part(self, chunk: Chunk, path: Path) -> ChunkStats:
         stats = ChunkStats()
         started = time.perf_counter()
-        crash_after = int(os.environ.get(CRASH_AFTER_DOCS_ENV, "0"))
-        with open(tmp, "w", encoding="utf-8") as out:
+        with open(path, "w", encoding="utf-8") as out:
             batch: list[tuple[str, str]] = []
             for document in self._documents(chunk, stats):
                 batch.append(document)
@@ -212,13 +201,10 @@ class Synthesizer:
                     self._write(out, self.interleave(batch, stats))
                     self.documents_done += len(batch)
                     batch = []
-                if crash_after and self.documents_done >= crash_after:
                     out.flush()
-                    os._exit(17)  # test hook: a job killed mid-chunk
+                jobs.maybe_crash(self.documents_done)
             self._write(out, self.interleave(batch, stats) if batch else [])
         stats.seconds = round(time.perf_counter() - started, 3)
-        os.replace(tmp, part)
-        atomic.write_json(marker, asdict(stats))
         return stats
 
     @staticmethod
@@ -238,29 +224,12 @@ def _append_text(segments: list[dict], text: str) -> None:
 # ---- jobs ------------------------------------------------------------------------------------
 
 
-def _claim_output(config: SynthesisConfig) -> None:
-    """Record the job's fingerprint in the output folder; refuse one made by another job."""
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    job = {"fingerprint": config.fingerprint(), "inputs": config.inputs, "chunk_bytes": config.chunk_bytes}
-    path = out / JOB_FILE
-    if path.exists():
-        found = json.loads(path.read_text()).get("fingerprint")
-        if found != job["fingerprint"]:
-            raise RuntimeError(
-                f"{out} holds the output of another synthesis job (fingerprint {found}, this job "
-                f"{job['fingerprint']}: inputs, settings or checkpoint differ); use a new output_dir"
-            )
-        return
-    atomic.write_json(path, job)
-
-
 def load_generator(config: SynthesisConfig) -> SpanGenerator:
     """The text-to-token model from its checkpoint, in this process (initialises a one-rank group)."""
     import torch
 
     from megatron_speech import parallel as par
-    from megatron_speech.training.init import load_trained_model
+    from megatron_speech.checkpoints.trained import load_trained_model
 
     tokenizer = SpeechTextTokenizer.load(config.tokenizer)
     if not torch.distributed.is_initialized():
@@ -272,35 +241,42 @@ def load_generator(config: SynthesisConfig) -> SpanGenerator:
 def run_shard(config: SynthesisConfig, shard_index: int = 0, num_shards: int = 1,
               generator: SpanGenerator | None = None) -> dict:
     """Synthesize this shard's chunks (skipping complete ones); returns the shard's summary."""
-    _claim_output(config)
-    chunks = shard_chunks(plan_chunks(config.inputs, config.chunk_bytes), shard_index, num_shards)
-    generator = generator or load_generator(config)
-    synthesizer = Synthesizer(config, generator)
+    job = config.job()
+    job.claim(config.overwrite)
+    chunks = jobs.shard_chunks(jobs.plan_chunks(config.inputs, config.chunk_bytes), shard_index, num_shards)
+    with job.lock(f"shard-{shard_index}-of-{num_shards}"):
+        synthesizer = Synthesizer(config, generator or load_generator(config))
+        results = jobs.execute(chunks, lambda chunk: asdict(synthesizer.run_chunk(job, chunk)),
+                               desc=f"synthesize shard {shard_index}/{num_shards}", postfix=_progress)
+    return _total(results.values()).summary()
+
+
+def _total(stats) -> ChunkStats:
     total = ChunkStats()
-    bar = tqdm(chunks, desc=f"synthesize shard {shard_index}/{num_shards}", unit="chunk")
-    for chunk in bar:
-        total.add(synthesizer.run_chunk(chunk))
-        summary = total.summary()
-        bar.set_postfix_str(f"{summary['documents']:,} docs, eta {summary['eta']:.3f}, "
-                            f"{summary['speech_tokens_per_s']:,.0f} speech tok/s, {total.rejected} rejected")
-    return total.summary()
+    for one in stats:
+        total.add(ChunkStats(**one))
+    return total
+
+
+def _progress(total: dict, elapsed: float) -> str:
+    summary = _total([total]).summary()
+    return (f"{summary['documents']:,} docs, eta {summary['eta']:.3f}, "
+            f"{summary['speech_tokens_per_s']:,.0f} speech tok/s, {summary['rejected']} rejected")
 
 
 def finalize(config: SynthesisConfig) -> dict:
     """After every shard: check completeness, write ``stats.json``, build indexed binaries if asked."""
-    chunks = plan_chunks(config.inputs, config.chunk_bytes)
-    missing = [c.index for c in chunks if not _part_paths(config.output_dir, c)[1].exists()]
-    if missing:
-        raise RuntimeError(f"{config.output_dir}: {len(missing)} of {len(chunks)} chunks are not complete "
-                           f"(first: {missing[:5]}); rerun their shards first")
-    total = ChunkStats()
-    for chunk in chunks:
-        total.add(ChunkStats(**json.loads(_part_paths(config.output_dir, chunk)[1].read_text())))
+    job = config.job()
+    if job.recorded_fingerprint() not in (None, job.fingerprint):
+        job.claim()  # refuses another job's folder, naming both fingerprints
+    chunks = jobs.plan_chunks(config.inputs, config.chunk_bytes)
+    job.require_complete(chunks)
+    total = _total(job.stats(c) for c in chunks)
     summary = {**total.summary(), "chunks": len(chunks), "errors": total.errors}
     if config.indexed_prefix:
         summary["indexed"] = preprocess(PreprocessConfig(
-            inputs=[str(_part_paths(config.output_dir, c)[0]) for c in chunks],
+            inputs=[str(job.part(c, "jsonl")) for c in chunks],
             output_prefix=config.indexed_prefix, tokenizer=config.indexed_tokenizer or config.tokenizer,
-            layout="interleaved"))
+            layout="interleaved", overwrite=config.overwrite))
     atomic.write_json(Path(config.output_dir) / STATS_FILE, summary)
     return summary

@@ -1,1 +1,1 @@
-"""Helpers that tests and benchmarks share (importable, so subprocesses can find them)."""
+"""Helpers the tests share: importable, so the processes that tests start can use them too."""

@@ -7,6 +7,7 @@ spool, so it runs beside (or without) a system Slurm. Needs Debian's ``slurm-wlm
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -19,6 +20,32 @@ from megatron_speech.parallel import free_port
 
 REQUEUE_DELAY_S = 10  # a requeued job starts again after this many seconds (Slurm's default: 120)
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "mungekey")
+_RUNNING: set["LocalSlurmCluster"] = set()
+_TEARDOWN_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _stop_all() -> None:
+    for cluster in list(_RUNNING):
+        cluster.stop()
+
+
+def _stop_all_and_die(signum: int, frame) -> None:
+    """A test run killed by a signal stops its clusters' daemons first, then dies of the signal."""
+    _stop_all()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _install_teardown() -> None:
+    """Once a process: stop every running cluster at exit and on SIGTERM/SIGHUP (an interrupted
+    suite must not leave daemons behind). Ctrl-C is a KeyboardInterrupt, which unwinds ``with``."""
+    if getattr(_install_teardown, "done", False):
+        return
+    atexit.register(_stop_all)
+    for signum in _TEARDOWN_SIGNALS:
+        if signal.getsignal(signum) in (signal.SIG_DFL, None):
+            signal.signal(signum, _stop_all_and_die)
+    _install_teardown.done = True
 
 
 def wait_for(predicate, timeout_s: float, what: str, detail=lambda: ""):
@@ -80,6 +107,8 @@ class LocalSlurmCluster:
         (self.root / "slurm.conf").write_text("\n".join(lines) + "\n")
 
     def start(self) -> "LocalSlurmCluster":
+        _install_teardown()
+        _RUNNING.add(self)
         for sub in ("munge", "state", "spool", "log"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         key = self.root / "munge" / "munge.key"
@@ -130,6 +159,7 @@ class LocalSlurmCluster:
         return state == "COMPLETED"
 
     def stop(self) -> None:
+        _RUNNING.discard(self)
         self.run("scancel", "--user=root", check=False)
         for pid_file in ("slurmd.pid", "slurmctld.pid", "munge/munged.pid"):
             path = self.root / pid_file

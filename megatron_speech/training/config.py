@@ -5,10 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from megatron_speech import config as config_loader
 from megatron_speech.models.config import SpeechGPTConfig
-from megatron_speech.overrides import apply as apply_overrides
 from megatron_speech.parallel import ParallelConfig
 from megatron_speech.training.data import DataConfig
 
@@ -73,23 +71,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
-        return cls(
-            tokenizer=values["tokenizer"],
-            data=DataConfig.from_dict(values["data"]),
-            model=SpeechGPTConfig.from_dict(values.get("model", {})),
-            parallel=ParallelConfig(**values.get("parallel", {})),
-            optim=OptimConfig(**values.get("optim", {})),
-            schedule=ScheduleConfig(**values.get("schedule", {})),
-            checkpoint=CheckpointConfig(**values.get("checkpoint", {})),
-            init=InitConfig(**values.get("init", {})),
-        )
+        return config_loader.build(cls, values)
 
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> "TrainConfig":
-        with open(path) as f:
-            values = yaml.safe_load(f)
-        mixture = (values.get("data") or {}).pop("mixture", None)
-        if mixture:  # a separate data-mixture file; keys given inline take precedence
-            with open(mixture) as f:  # paths in configs are relative to the working directory
-                values["data"] = {**yaml.safe_load(f), **values["data"]}
-        return cls.from_dict(apply_overrides(values, overrides or {}))
+    def from_yaml(cls, path: str | Path, overrides: dict | list[str] | None = None) -> "TrainConfig":
+        """The run's YAML (``data: {include: mixture.yaml}`` reads a separate data-mixture file)."""
+        return config_loader.load(cls, path, overrides)

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from megatron_speech.config import build
 from megatron_speech.data.indexed import read_metadata
-from megatron_speech.tokenizer import SpeechTextTokenizer
+from megatron_speech.lm_tokenizer import SpeechTextTokenizer
 
 
 LOSS_POLICIES = ("all", "audio", "text")
@@ -49,9 +50,7 @@ class DataConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "DataConfig":
-        values = dict(values)
-        values["sources"] = [DataSource(**s) for s in values.get("sources", [])]
-        return cls(**values)
+        return build(cls, values, "data")
 
 
 def check_sources(config: DataConfig, tokenizer: SpeechTextTokenizer) -> None:

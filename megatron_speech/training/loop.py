@@ -13,11 +13,12 @@ import torch
 
 from megatron_speech import backends, parallel as par
 from megatron_speech.models.gpt import build_model
-from megatron_speech.tokenizer import SpeechTextTokenizer
-from megatron_speech.training import checkpoint
+from megatron_speech.lm_tokenizer import SpeechTextTokenizer
+from megatron_speech.checkpoints import megatron as checkpoint
 from megatron_speech.training.config import TrainConfig
 from megatron_speech.training.data import build_datasets, microbatches
-from megatron_speech.training.init import initialise, run_metadata
+from megatron_speech.checkpoints.trained import run_metadata
+from megatron_speech.training.initial_weights import initialise
 from megatron_speech.training.preemption import ExitSignals
 from megatron_speech.training.step import StepResult, forward_backward, train_step
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 from megatron_speech import atomic
 from megatron_speech import parallel as par
-from megatron_speech.convert.hf import hf_config_from_model, load_as_speech_gpt, to_hf_state_dict, write_hf_checkpoint
+from megatron_speech.checkpoints.hf import hf_config_from_model, load_as_speech_gpt, to_hf_state_dict, write_hf_checkpoint
 from megatron_speech.models.config import DTYPES
 from megatron_speech.models.gpt import build_model
 from megatron_speech.models.sharding import gather_full_state_dict, load_full_state_dict
-from megatron_speech.tokenizer import SpeechTextTokenizer
-from megatron_speech.training import checkpoint
-from megatron_speech.training.init import load_trained_model, run_metadata
+from megatron_speech.lm_tokenizer import SpeechTextTokenizer
+from megatron_speech.checkpoints import megatron as checkpoint
+from megatron_speech.checkpoints.trained import load_trained_model, run_metadata
 
 
 def megatron_to_hf(checkpoint_root: str | Path, tokenizer_dir: str | Path, output: str | Path,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from megatron_speech.speech.quantizer import perplexity
-from megatron_speech.speech.tokenize import load_audio, pad_batch
+from megatron_speech.speech_tokenizer.quantizer import perplexity
+from megatron_speech.speech.audio import load_audio, pad_batch
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from megatron_speech.tokenizer.speech_text_tokenizer import END_OF_TEXT
+from megatron_speech.lm_tokenizer.speech_text_tokenizer import END_OF_TEXT
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, output: str | Path) -> Tokenizer:

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, open_dict
 from nemo.core import ModelPT
 from nemo.core.classes import common as nemo_common
 
-from megatron_speech.speech.quantizer import VectorQuantizerEMA
+from megatron_speech.speech_tokenizer.quantizer import VectorQuantizerEMA
 
 # NeMo instantiates `_target_`s from a .nemo file only under approved module prefixes (and only
 # ModelPT / nn.Module subclasses there); ours must be approved for restore_from to work.
