@@ -28,6 +28,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -147,6 +148,62 @@ def maybe_crash(records_done: int) -> None:
         os._exit(CRASH_EXIT_CODE)
 
 
+# ---- one writer ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path, busy: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed), or raise ``JobError`` at once:
+    ``"<busy> by another process (pid N); ..."``. The kernel drops the lock when its holder dies, so
+    a killed job never leaves a stale lock behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise JobError(f"{busy} by another process (pid {holder}); wait for it to finish or stop it, "
+                       f"then rerun") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    try:
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def die_with_parent() -> None:
+    """Have the kernel kill this process when its parent dies (Linux), so a ``kill -9`` of a job
+    leaves no worker or writer behind to collide with the rerun."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+
+
+_fork_hook = {"installed": False, "from_main_thread": False}
+
+
+def children_die_with_this_process() -> None:
+    """Every process this one forks from its main thread from now on dies with it (megatron-core's
+    checkpoint writers, say). Forks from other threads are left alone: the kernel's parent-death
+    signal follows the forking *thread*, which may end long before the process does."""
+    if _fork_hook["installed"]:
+        return
+
+    def before() -> None:
+        _fork_hook["from_main_thread"] = threading.current_thread() is threading.main_thread()
+
+    def after_in_child() -> None:
+        if _fork_hook["from_main_thread"]:
+            die_with_parent()
+
+    os.register_at_fork(before=before, after_in_child=after_in_child)
+    _fork_hook["installed"] = True
+
+
 # ---- the job folder ----------------------------------------------------------------------------
 
 
@@ -196,26 +253,9 @@ class Job:
 
     # ---- locking ---------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def lock(self, name: str) -> Iterator[None]:
-        """Hold ``locks/<name>.lock`` exclusively, or fail at once naming the process that holds it.
-        The kernel drops a ``flock`` when its holder dies, so a killed job never leaves a stale lock."""
-        path = self.folder / "locks" / f"{name}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise JobError(f"{self.folder}: {name} is being written by another process (pid {holder}); "
-                           f"wait for it to finish or stop it, then rerun") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        try:
-            yield
-        finally:
-            os.close(fd)  # releases the lock
+    def lock(self, name: str) -> contextlib.AbstractContextManager:
+        """Hold ``locks/<name>.lock`` exclusively, or fail at once naming the process that holds it."""
+        return exclusive_lock(self.folder / "locks" / f"{name}.lock", f"{self.folder}: {name} is being written")
 
     # ---- parts -----------------------------------------------------------------------------
 
@@ -265,18 +305,8 @@ class Job:
 # ---- the executor ------------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """A worker is killed when its parent dies (Linux), so a ``kill -9`` of a job leaves no worker
-    writing into the folder that a rerun is about to use."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the parent died before prctl took effect
-            os._exit(1)
-
-
 def _init_worker(initializer: Callable | None, initargs: tuple) -> None:
-    _die_with_parent()
+    die_with_parent()
     if initializer is not None:
         initializer(*initargs)
 

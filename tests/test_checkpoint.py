@@ -114,7 +114,55 @@ def test_vocab_mismatch_is_refused(prepared, saved, tmp_path, text_tokenizer_fil
 def test_model_shape_mismatch_is_refused(prepared, saved, tmp_path):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(saved, ckpt)
-    assert "model shape differs" in _resume_error(prepared, ckpt, model={"hidden_size": 32})
+    assert "model differs from the run's" in _resume_error(prepared, ckpt, model={"hidden_size": 32})
+
+
+def test_a_changed_function_field_is_refused_too(prepared, saved, tmp_path):
+    """Same shapes, another function: rotary_base loads without error and computes something else."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(saved, ckpt)
+    assert "'rotary_base': (10000, 500000)" in _resume_error(prepared, ckpt, model={"rotary_base": 500000})
+
+
+def test_a_second_run_on_the_same_checkpoint_folder_is_refused(prepared, saved, tmp_path):
+    import fcntl
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(saved, ckpt)
+    with open(ckpt / ".lock", "w") as held:  # another training run holds the folder
+        fcntl.flock(held, fcntl.LOCK_EX)
+        message = _resume_error(prepared, ckpt)
+    assert f"checkpoint folder {ckpt} is in use by another process" in message
+
+
+@pytest.mark.parametrize("below, expected", [
+    ("", "the checkpoint path is not a folder"), ("sub", "the checkpoint folder cannot be written (Not a directory)"),
+], ids=["a-file", "under-a-file"])
+def test_an_unusable_checkpoint_path_is_found_at_setup(prepared, tmp_path, below, expected):
+    (tmp_path / "a_file").write_text("")
+    ckpt = tmp_path / "a_file" / below if below else tmp_path / "a_file"
+    assert f"{ckpt}: {expected}" in _resume_error(prepared, ckpt)
+
+
+def train_job_disk_full(values: dict) -> dict:
+    """``train_job`` on a disk that fills at the first save."""
+    import errno
+
+    from megatron.core import dist_checkpointing
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    dist_checkpointing.save = full
+    return train_job(values)
+
+
+def test_a_failed_save_names_the_checkpoint(prepared, tmp_path):
+    root, _ = prepared
+    with pytest.raises(RuntimeError) as info:
+        run_processes(train_job_disk_full, 1, _config(root, tmp_path / "ckpt", steps=2))
+    assert f"{tmp_path / 'ckpt' / 'iter_0000002.tmp'}: saving step 2 failed: OSError: [Errno 28] No space left" \
+        in str(info.value)
 
 
 def test_corrupt_checkpoint_is_refused(prepared, saved, tmp_path):

@@ -21,6 +21,7 @@ from megatron_speech.speech.audio import write_wav
 from megatron_speech.speech_tokenizer.tokenize import TokenizeConfig, tokenize_manifest
 from megatron_speech.synthesis.generate import SpanResult
 from megatron_speech.synthesis.pipeline import SynthesisConfig, run_shard
+from megatron_speech.testing.multiprocess import alive
 
 
 class OneCodeAWord:
@@ -174,3 +175,25 @@ def test_stats_sum_counts_and_keep_errors_in_order():
     two = {"documents": 3, "tokens": 5, "errors": [{"file": "a", "record": 9, "reason": "y"}]}
     total = jobs.sum_stats([one, two])
     assert total["documents"] == 5 and total["tokens"] == 15 and [e["record"] for e in total["errors"]] == [1, 9]
+
+
+def test_children_forked_by_a_job_die_with_it(tmp_path):
+    """kill -9 of a process that forked helpers (a training rank's checkpoint writers) kills them."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("import os, sys, time\nfrom megatron_speech import jobs\njobs.children_die_with_this_process()\n"
+              "pid = os.fork()\nif pid == 0:\n    time.sleep(600)\n    os._exit(0)\n"
+              "print(pid, flush=True)\ntime.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    assert alive(child)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(child), "the forked child outlived its killed parent"

@@ -161,6 +161,7 @@ def _tool(args: list[str], env: dict | None = None) -> subprocess.CompletedProce
                           capture_output=True, text=True, env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 def test_killed_worker_then_rerun_is_byte_identical(tmp_path, write_jsonl, tokenizers):
     corpus = write_jsonl("in.jsonl", _records("tts", n=600))
     common = [str(corpus), "--tokenizer", str(tokenizers["small"]), "--layout", "tts", "--workers", "2"]
@@ -181,6 +182,38 @@ def test_killed_worker_then_rerun_is_byte_identical(tmp_path, write_jsonl, token
     assert (tmp_path / "resumed.bin").stat().st_mtime_ns == mtime  # a finished job's rerun does nothing
 
 
+def test_kill_9_leaves_no_worker_and_an_immediate_rerun_is_byte_identical(tmp_path, write_jsonl, tokenizers):
+    import signal
+    import time
+
+    import psutil
+
+    from megatron_speech.testing.multiprocess import alive
+
+    corpus = write_jsonl("in.jsonl", _records("tts", n=2000))
+    common = [str(corpus), "--tokenizer", str(tokenizers["small"]), "--layout", "tts", "--workers", "2",
+              "--chunk-mb", "0.002"]
+    assert _tool([*common, "--output-prefix", str(tmp_path / "clean")]).returncode == 0
+    job = subprocess.Popen([sys.executable, str(ROOT / "tools" / "preprocess_data.py"), *common, "--output-prefix",
+                            str(tmp_path / "killed")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = tmp_path / "killed.shards" / "parts"
+    deadline = time.monotonic() + 120
+    while len(list(parts.glob("*.stats.json"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = psutil.Process(job.pid).children(recursive=True)
+    assert len(workers) >= 2 and job.poll() is None, "the job should be mid-run with its workers"
+    os.kill(job.pid, signal.SIGKILL)
+    job.wait()
+    deadline = time.monotonic() + 10
+    while any(alive(w.pid) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [w.pid for w in workers if alive(w.pid)], "workers outlived the killed job"
+    rerun = _tool([*common, "--output-prefix", str(tmp_path / "killed")])  # at once: nothing left to collide with
+    assert rerun.returncode == 0, rerun.stderr
+    for suffix in (".bin", ".idx"):
+        assert (tmp_path / f"killed{suffix}").read_bytes() == (tmp_path / f"clean{suffix}").read_bytes()
+
+
 BAD = [
     (b'{"text": "broken', "text", "malformed JSON"),
     (b'{"body": "x"}', "text", "missing field 'text'"),
@@ -189,6 +222,10 @@ BAD = [
     (b'{"text": "hi", "speech_tokens": [1, 64]}', "tts", "audio id 64 .* outside the speech vocabulary"),
     (b'{"speech_tokens": []}', "speech", "empty document"),
     (b'{"segments": [{"audio": [-1]}]}', "interleaved", "audio id -1"),
+    # valid JSON that no tokenizer can encode, and an empty audio segment (issue 22)
+    (b'{"text": "lone \\ud800 surrogate"}', "text", r"field 'text' is not valid Unicode \(lone surrogate"),
+    (b'{"segments": [{"text": "x \\udfff"}]}', "interleaved", r"segments\[0\]\.text is not valid Unicode"),
+    (b'{"segments": [{"text": "a"}, {"audio": []}]}', "interleaved", r"segments\[1\]\.audio is empty"),
 ]
 
 
@@ -215,3 +252,55 @@ def test_bad_record_skipped_and_reported(tmp_path, tokenizers, line, layout, rea
     (report,) = [json.loads(x) for x in (tmp_path / "out.errors.jsonl").read_text().splitlines()]
     assert report["record"] == 2 and report["file"].endswith("bad.jsonl")
     assert __import__("re").search(reason, report["reason"])
+
+
+# ---- hostile but common input (issue 22) ------------------------------------------------------
+
+
+def test_a_utf8_bom_does_not_reject_the_first_record(tmp_path, tokenizers):
+    corpus = tmp_path / "bom.jsonl"
+    corpus.write_bytes(b"\xef\xbb\xbf" + b'{"text": "first"}\n{"text": "second"}\n')
+    assert _run([corpus], tmp_path / "out", tokenizers["small"])["documents"] == 2
+
+
+def test_a_truncated_gzip_is_named_and_its_readable_records_kept(tmp_path, tokenizers):
+    import gzip
+
+    whole = gzip.compress("".join(json.dumps({"text": f"record number {i} " * 20}) + "\n" for i in range(200)).encode())
+    corpus = tmp_path / "cut.jsonl.gz"
+    corpus.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(CorpusError, match=r"cut\.jsonl\.gz:\d+: truncated or corrupt gzip data"):
+        _run([corpus], tmp_path / "stop", tokenizers["small"])
+    stats = _run([corpus], tmp_path / "skip", tokenizers["small"], on_error="skip")
+    (report,) = [json.loads(x) for x in (tmp_path / "skip.errors.jsonl").read_text().splitlines()]
+    assert 0 < stats["documents"] < 200 and report["record"] == stats["documents"] + 1
+    assert report["file"] == str(corpus) and "truncated" in report["reason"]
+
+
+@pytest.mark.parametrize("content", [b"", b'{"text": ""}\n{"body": 1}\n'], ids=["empty-file", "all-skipped"])
+def test_no_documents_is_an_error_not_an_unreadable_dataset(tmp_path, tokenizers, content):
+    from megatron_speech.data.corpus import EmptyCorpusError
+
+    corpus = tmp_path / "none.jsonl"
+    corpus.write_bytes(content)
+    with pytest.raises(EmptyCorpusError, match=r"none\.jsonl: no documents to write"):
+        _run([corpus], tmp_path / "out", tokenizers["small"], on_error="skip")
+    assert not (tmp_path / "out.bin").exists() and not indexed.metadata_path(tmp_path / "out").exists()
+    result = _tool([str(corpus), "--tokenizer", str(tokenizers["small"]), "--output-prefix", str(tmp_path / "t"),
+                    "--on-error", "skip"])
+    assert result.returncode == 1 and "no documents to write" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_special_token_strings_in_data_stay_text(tmp_path, tokenizers):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    tokenizer = SpeechTextTokenizer.load(tokenizers["small"])
+    text = "a story that quotes <|endoftext|> and <|begin_of_audio|> in the middle"
+    corpus = tmp_path / "quoted.jsonl"
+    corpus.write_text(json.dumps({"text": text}) + "\n")
+    for backend in ("cpp", "python"):
+        _run([corpus], tmp_path / backend, tokenizers["small"], backend=backend)
+        dataset = IndexedDataset(str(tmp_path / backend))  # kept: [0] is a view into its memory map
+        ids = dataset[0].tolist()
+        assert ids.count(tokenizer.eod) == 1 and ids[-1] == tokenizer.eod  # only the document's own end
+        assert tokenizer.boa not in ids and tokenizer.detokenize(ids[:-1]) == text

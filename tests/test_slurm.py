@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from megatron_speech.data.default_corpus import default_documents
-from megatron_speech.testing.multiprocess import run_processes
+from megatron_speech.testing.multiprocess import alive, run_processes
 from megatron_speech.testing.slurm import LocalSlurmCluster, wait_for
 from megatron_speech.training.config import TrainConfig
 from megatron_speech.testing.tiny import SYNTHETIC_RATE
@@ -31,7 +31,9 @@ def _overrides(root: Path, sources: list, work: Path) -> dict:
         "schedule.eval_interval": 0,
         "schedule.metrics_file": str(work / "metrics.jsonl"),
         "checkpoint.dir": str(work / "checkpoints"),
-        "checkpoint.save_interval": 0,
+        # Periodic saves: preemption after the first one is the case that once failed the job
+        # (megatron-core's writer queue died of the same SIGTERM; the signalled save broke).
+        "checkpoint.save_interval": 4,
     }
 
 
@@ -51,6 +53,7 @@ def _metrics(path: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in map(json.loads, path.read_text().splitlines())}
 
 
+@pytest.mark.slow  # minutes of real Slurm jobs
 def test_sbatch_job_is_signalled_requeued_and_resumes_exactly(blend, tmp_path):
     root, _, sources = blend
     work = tmp_path / "run"
@@ -66,8 +69,9 @@ def test_sbatch_job_is_signalled_requeued_and_resumes_exactly(blend, tmp_path):
             text = log.read_text() if log.exists() else "(no job log yet)"
             return f"{text}\n{cluster.run('scontrol', 'show', 'job', str(job), check=False)}"
 
-        wait_for(lambda: max(_metrics(work / "metrics.jsonl"), default=0) >= 5, 180, "step 5", job_log)
-        cluster.run("scancel", "--signal=TERM", str(job))
+        wait_for(lambda: max(_metrics(work / "metrics.jsonl"), default=0) >= 5
+                 and (work / "checkpoints" / "latest").exists(), 180, "step 5 and a saved checkpoint", job_log)
+        cluster.run("scancel", "--signal=TERM", str(job))  # every process of the job, writers included
         wait_for(lambda: cluster.job_field(job, "Restarts") == "1" and
                  cluster.job_field(job, "JobState") == "PENDING", 120, "the requeue", job_log)
         wait_for(lambda: cluster.completed(job), 300, "the resumed job to finish", job_log)
@@ -84,6 +88,7 @@ def test_sbatch_job_is_signalled_requeued_and_resumes_exactly(blend, tmp_path):
         assert resumed[step] == pytest.approx(reference[step], abs=1e-5), step
 
 
+@pytest.mark.slow  # minutes of real Slurm jobs
 def test_synthesis_array_and_finalize(t2t, tmp_path):
     work, tokenizer_dir, tokenizer = t2t
     corpus = tmp_path / "corpus.jsonl"
@@ -133,18 +138,9 @@ def test_a_killed_test_run_stops_its_cluster(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "up"
         pids = [int((tmp_path / "slurm" / f).read_text()) for f in ("slurmctld.pid", "slurmd.pid", "munge/munged.pid")]
-        assert all(_alive(pid) for pid in pids)
+        assert all(alive(pid) for pid in pids)
         holder.send_signal(signal.SIGTERM)
         assert holder.wait(30) == -signal.SIGTERM  # it still dies of the signal
-        wait_for(lambda: not any(_alive(pid) for pid in pids), 30, "the daemons to stop")
+        wait_for(lambda: not any(alive(pid) for pid in pids), 30, "the daemons to stop")
     finally:
         holder.kill()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    status = Path(f"/proc/{pid}/stat")
-    return not (status.exists() and status.read_text().split()[2] == "Z")  # a zombie has stopped

@@ -236,6 +236,7 @@ def test_duration_buckets_give_every_utterance_once(small_corpus):
     assert sorted(texts) == sorted(manifest)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("units", [[], ["model.subwords={vocab_size: 30}"]], ids=["characters", "subwords"])
 def test_training_recipe_writes_a_checkpoint_and_its_report(tmp_path, units):
     """tools/train_speech_tokenizer.py end to end on a tiny corpus and model: .nemo + eval.json."""
@@ -253,12 +254,16 @@ def test_training_recipe_writes_a_checkpoint_and_its_report(tmp_path, units):
             "model.post_encoder.n_heads=2", "model.quantizer.num_codes=16", "model.quantizer.dim=8",
             f"model.train_ds.manifest_filepath={corpus}/train.jsonl", "model.train_ds.batch_duration=8",
             "model.train_ds.num_buckets=2", f"model.validation_ds.manifest_filepath={corpus}/dev.jsonl",
+            "model.train_ds.bucket_buffer_size=2",  # fewer than the corpus: training ends with the buckets full
             "model.optim.sched.warmup_steps=1", "trainer.max_steps=3", "trainer.val_check_interval=3",
             f"exp_manager.exp_dir={tmp_path}/runs", "name=tiny", *units]
     tool = REPO / "tools/train_speech_tokenizer.py"
-    subprocess.run([sys.executable, str(tool), *tiny], check=True, cwd=tmp_path, capture_output=True)
+    # It must also exit by itself once its outputs are written (a Lhotse thread once kept it alive).
+    done = subprocess.run([sys.executable, str(tool), *tiny], check=True, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
     report = json.loads((tmp_path / "runs/tiny/tiny.eval.json").read_text())
     assert report["steps"] == 3 and report["token_rate"] == 12.5
+    assert not report["cut_short"] and "cut short" not in done.stderr
     assert report["versions"]["torch"] == torch.__version__ and report["versions"]["nemo-toolkit"]
     assert [r["manifest"] for r in report["results"]] == ["test.jsonl", "test_heldout_voice.jsonl"]
     assert all(r["utterances"] == 2 and 0 <= r["codebook_usage"] <= 1 for r in report["results"])
@@ -276,6 +281,30 @@ def test_training_recipe_writes_a_checkpoint_and_its_report(tmp_path, units):
     assert again["perplexity"] == pytest.approx(heldout["perplexity"])  # the same tokens
     assert (tmp_path / "runs/tiny/tiny.nemo").stat().st_size > 0
     assert ("model_path" in (report["config"]["subwords"] or {})) == bool(units)
+
+
+@pytest.mark.slow
+def test_a_run_the_time_guard_stops_says_so_loudly(tmp_path):
+    import subprocess
+    import sys
+
+    from megatron_speech.speech.corpus import SpeechCorpusConfig, build_corpus
+
+    corpus = tmp_path / "corpus"
+    build_corpus(SpeechCorpusConfig(str(corpus), num_sentences=8, voices=["flite:slt", "flite:awb"],
+                                    held_out_voice="flite:awb", dev_sentences=2, test_sentences=2))
+    tiny = ["model.encoder.n_layers=1", "model.encoder.d_model=32", "model.encoder.n_heads=2",
+            "model.post_encoder.feat_in=32", "model.post_encoder.n_layers=1", "model.post_encoder.d_model=32",
+            "model.post_encoder.n_heads=2", "model.quantizer.num_codes=16", "model.quantizer.dim=8",
+            f"model.train_ds.manifest_filepath={corpus}/train.jsonl", "model.train_ds.batch_duration=8",
+            "model.train_ds.num_buckets=2", f"model.validation_ds.manifest_filepath={corpus}/dev.jsonl",
+            "trainer.max_steps=1000000", "trainer.max_time=00:00:00:05", "trainer.val_check_interval=1000000",
+            f"exp_manager.exp_dir={tmp_path}/runs", "name=cut"]
+    done = subprocess.run([sys.executable, str(REPO / "tools/train_speech_tokenizer.py"), *tiny], check=True,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    report = json.loads((tmp_path / "runs/cut/cut.eval.json").read_text())
+    assert report["cut_short"] and 0 < report["steps"] < report["max_steps"] == 1000000
+    assert done.stderr.count("WARNING: the schedule was cut short") == 2  # before and after the report
 
 
 def test_spec_augment_masks_features_in_training_only():

@@ -187,6 +187,7 @@ def test_finalize_builds_indexed_binaries(reference, t2t):
         == stats["speech_tokens"]
 
 
+@pytest.mark.slow
 def test_shards_cover_the_corpus_like_one_job(reference, t2t, corpus, tmp_path):
     config = _job_config(t2t, tmp_path, corpus, "sharded")
     for index in range(3):
@@ -195,6 +196,7 @@ def test_shards_cover_the_corpus_like_one_job(reference, t2t, corpus, tmp_path):
     assert _parts(tmp_path / "sharded") == _parts(reference[0])
 
 
+@pytest.mark.slow
 def test_killed_shard_is_redone_byte_identically(reference, t2t, corpus, tmp_path):
     config = _job_config(t2t, tmp_path, corpus, "killed")
     crashed = _tool(config, env={CRASH_AFTER_DOCS_ENV: "20"})
@@ -210,6 +212,7 @@ def test_killed_shard_is_redone_byte_identically(reference, t2t, corpus, tmp_pat
     assert {p: p.stat().st_mtime_ns for p in parts.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_malformed_records_stop_or_are_skipped(t2t, corpus, tmp_path):
     lines = corpus.read_text().splitlines()[:10]
     lines[3] = '{"id": "bad", "text": '  # malformed JSON on line 4
@@ -226,6 +229,7 @@ def test_malformed_records_stop_or_are_skipped(t2t, corpus, tmp_path):
     assert [(e["record"], e["reason"]) for e in report] == [(4, "malformed JSON (Expecting value)"), (7, "empty document")]
 
 
+@pytest.mark.slow
 def test_output_of_another_job_is_not_mixed_in(t2t, corpus, tmp_path):
     assert _tool(_job_config(t2t, tmp_path, corpus, "out", chunk_bytes=1 << 20)).returncode == 0
     other = _job_config(t2t, tmp_path, corpus, "out", chunk_bytes=1 << 20, spans={"ratio": 0.2})
@@ -233,6 +237,7 @@ def test_output_of_another_job_is_not_mixed_in(t2t, corpus, tmp_path):
     assert result.returncode != 0 and "another synthesis job" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy, attempts", [("greedy", 1), ("sample", 3)])
 def test_rejected_spans_stay_text(t2t, corpus, tmp_path, strategy, attempts):
     config = _job_config(t2t, tmp_path, corpus, "strict", chunk_bytes=1 << 20,

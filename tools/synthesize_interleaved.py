@@ -15,7 +15,7 @@ import sys
 
 from megatron_speech import config as config_loader
 from megatron_speech import jobs
-from megatron_speech.data.corpus import CorpusError
+from megatron_speech.data.corpus import CorpusError, EmptyCorpusError
 from megatron_speech.synthesis.pipeline import SynthesisConfig, finalize, run_shard
 
 
@@ -38,7 +38,7 @@ def main() -> None:
         summary = finalize(config) if args.finalize else run_shard(config, index, count)
     except CorpusError as exc:
         sys.exit(f"error: {exc}\n(set on_error: skip to leave bad records out; finished chunks are kept)")
-    except jobs.JobError as exc:
+    except (jobs.JobError, EmptyCorpusError) as exc:
         sys.exit(f"error: {exc}")
     summary.pop("errors", None)
     print(json.dumps(summary, indent=2))

@@ -16,11 +16,15 @@ A crash while saving leaves only an ``iter_*.tmp`` directory, which is ignored a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
+import signal
 from dataclasses import dataclass
+from multiprocessing import get_context
+from multiprocessing.managers import SyncManager
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +32,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megatron_speech import atomic
-from megatron_speech.models.config import SHAPE_FIELDS
+from megatron_speech import atomic, jobs
+from megatron_speech.models.config import FUNCTION_FIELDS
 
 METADATA = "megatron_speech.json"
 LATEST = "latest"
@@ -140,6 +144,36 @@ def check_optimizer_supported(use_distributed_optimizer: bool) -> None:
         )
 
 
+# The signals a cluster sends to ask a job to stop gracefully; the training loop handles them.
+_GRACEFUL_STOP = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
+
+
+def _writer_process_init() -> None:
+    """In megatron-core's result-queue process: leave graceful stops to the rank (the rank saves and
+    exits; this process goes with it), die with the rank otherwise."""
+    for signum in _GRACEFUL_STOP:
+        signal.signal(signum, signal.SIG_IGN)
+    jobs.die_with_parent()
+
+
+def _install_signal_proof_results_queue() -> None:
+    """megatron-core collects its checkpoint writers' results through a queue served by a
+    ``multiprocessing`` Manager process, spawned at the first save and kept. Spawned, it dies of the
+    SIGTERM that Slurm sends every process of a job at preemption, and the save that the signal asked
+    for then fails with ``BrokenPipeError``. So the project starts that process itself, first, with
+    the graceful-stop signals ignored and a parent-death signal set, and hands megatron-core its queue."""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is None:
+        manager = SyncManager(ctx=get_context("spawn"))  # what megatron-core would start, with our initializer
+        manager.start(initializer=_writer_process_init)
+        filesystem_async._results_queue = manager.Queue()
+        _managers.append(manager)  # kept alive (and shut down at exit) with the queue
+
+
+_managers: list = []
+
+
 def save(root: str | Path, step: int, model_chunks: list, optimizer, scheduler, metadata: dict[str, Any]) -> Path:
     """Write checkpoint ``step`` (all ranks call this) and point ``latest`` at it.
 
@@ -147,23 +181,57 @@ def save(root: str | Path, step: int, model_chunks: list, optimizer, scheduler, 
     """
     from megatron.core import dist_checkpointing
 
+    from torch.distributed.checkpoint.api import CheckpointException
+
     final, tmp = step_dir(root, step), Path(f"{step_dir(root, step)}.tmp")
-    if dist.get_rank() == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    dist.barrier()
-    state = _sharded_state(model_chunks, optimizer, scheduler, is_loading=False, with_rng=optimizer is not None)
-    dist_checkpointing.save(state, str(tmp))
-    dist.barrier()
-    if dist.get_rank() == 0:
-        info = {"format_version": FORMAT_VERSION, "step": step, "layout": _layout(),
-                "weights_only": optimizer is None, **metadata}
-        (tmp / METADATA).write_text(json.dumps(info, indent=2, sort_keys=True))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        atomic.write_text(Path(root) / LATEST, f"{step}\n")
+    _install_signal_proof_results_queue()
+    try:
+        if dist.get_rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        state = _sharded_state(model_chunks, optimizer, scheduler, is_loading=False, with_rng=optimizer is not None)
+        dist_checkpointing.save(state, str(tmp))
+        dist.barrier()
+        if dist.get_rank() == 0:
+            info = {"format_version": FORMAT_VERSION, "step": step, "layout": _layout(),
+                    "weights_only": optimizer is None, **metadata}
+            (tmp / METADATA).write_text(json.dumps(info, indent=2, sort_keys=True))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            atomic.write_text(Path(root) / LATEST, f"{step}\n")
+    except (OSError, CheckpointException) as exc:  # e.g. no space left on device: say where
+        raise CheckpointError(f"{tmp}: saving step {step} failed: {type(exc).__name__}: {exc}") from exc
     dist.barrier()
     return final
+
+
+def claim_root(root: str | Path) -> contextlib.ExitStack:
+    """At setup, before any step: the checkpoint root is a writable folder, and this run holds its
+    lock until the returned stack is closed (a second run on the same folder is refused). Rank 0
+    checks; every rank raises the same ``CheckpointError`` together, so none is left waiting."""
+    stack = contextlib.ExitStack()
+    problem = ""
+    if dist.get_rank() == 0:
+        path = Path(root)
+        try:
+            if path.exists() and not path.is_dir():
+                raise CheckpointError(f"{root}: the checkpoint path is not a folder")
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / f".write_test.{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+            stack.enter_context(jobs.exclusive_lock(path / ".lock", f"checkpoint folder {root} is in use"))
+        except OSError as exc:
+            problem = f"{root}: the checkpoint folder cannot be written ({exc.strerror or exc})"
+        except (CheckpointError, jobs.JobError) as exc:
+            problem = str(exc)
+    shared = [problem]
+    dist.broadcast_object_list(shared, src=0)
+    if shared[0]:
+        stack.close()
+        raise CheckpointError(shared[0])
+    return stack
 
 
 def read_info(root: str | Path, step: int | None = None) -> CheckpointInfo | None:
@@ -198,10 +266,10 @@ def check_compatible(info: CheckpointInfo, expected: dict[str, Any]) -> None:
             f"{info.path}: tokenizer mismatch: checkpoint {saved.get('tokenizer_fingerprint')}, "
             f"run {expected['tokenizer_fingerprint']}"
         )
-    diff = {k: (saved["model"].get(k), expected["model"].get(k)) for k in SHAPE_FIELDS
+    diff = {k: (saved["model"].get(k), expected["model"].get(k)) for k in FUNCTION_FIELDS
             if saved["model"].get(k) != expected["model"].get(k)}
     if diff:
-        raise CheckpointError(f"{info.path}: model shape differs (checkpoint, run): {diff}")
+        raise CheckpointError(f"{info.path}: model differs from the run's (checkpoint, run): {diff}")
 
 
 def load(info: CheckpointInfo, model_chunks: list, optimizer=None, scheduler=None) -> None:

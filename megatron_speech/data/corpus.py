@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,13 @@ class CorpusError(ValueError):
     def __init__(self, path: Path | str, record: int, reason: str) -> None:
         super().__init__(f"{path}:{record}: {reason}")
         self.path, self.record, self.reason = str(path), record, reason
+
+
+class EmptyCorpusError(ValueError):
+    """Inputs that hold no usable document: nothing is written (an empty dataset cannot be read)."""
+
+
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -54,8 +62,7 @@ def _line_number(path: Path, offset: int) -> int:
 def _jsonl_lines(path: Path, start: int, end: int | None) -> Iterator[tuple[int, bytes]]:
     """(line number, line) for lines that begin in [start, end)."""
     if not is_splittable(path):
-        with gzip.open(path, "rb") as f:
-            yield from enumerate(f, start=1)
+        yield from _gzip_lines(path)
         return
     with open(path, "rb") as f:
         if start > 0:
@@ -70,8 +77,21 @@ def _jsonl_lines(path: Path, start: int, end: int | None) -> Iterator[tuple[int,
                 return
             if number is None:
                 number = _line_number(path, position) if position else 1
-            yield number, line
+            yield number, line[len(UTF8_BOM):] if position == 0 and line.startswith(UTF8_BOM) else line
             number += 1
+
+
+def _gzip_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """Lines of a gzip file; a truncated or corrupt one is a ``CorpusError`` at the first line it
+    could not read, after every line it could."""
+    number = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            for number, line in enumerate(f, start=1):
+                yield number, line[len(UTF8_BOM):] if number == 1 and line.startswith(UTF8_BOM) else line
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise CorpusError(path, number + 1, f"truncated or corrupt gzip data ({type(exc).__name__}: {exc}); "
+                                            f"the records after line {number} cannot be read") from None
 
 
 def _decode(raw: bytes, path: Path, number: int) -> object:
@@ -95,7 +115,17 @@ def read_records(
     if path.suffix == ".parquet":
         yield from _parquet_records(path)
         return
-    for number, raw in _jsonl_lines(path, start, end):
+    lines = _jsonl_lines(path, start, end)
+    while True:
+        try:
+            number, raw = next(lines)
+        except StopIteration:
+            return
+        except CorpusError as exc:  # the file itself is unreadable from here on
+            if strict:
+                raise
+            yield exc.record, exc
+            return
         if not raw.strip():
             continue
         try:
@@ -126,6 +156,16 @@ def text_field(record: object, field: str, path: Path | str, number: int) -> str
         raise CorpusError(path, number, f"field {field!r} is {type(text).__name__}, not a string")
     if not text.strip():
         raise CorpusError(path, number, "empty document")
+    return check_unicode(text, path, number, f"field {field!r}")
+
+
+def check_unicode(text: str, path: Path | str, number: int, where: str) -> str:
+    """Valid JSON may still hold text no tokenizer can encode: a lone surrogate (``"\\ud800"``)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CorpusError(path, number, f"{where} is not valid Unicode (lone surrogate {text[exc.start]!r} at "
+                                        f"character {exc.start})") from None
     return text
 
 

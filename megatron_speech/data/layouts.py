@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from megatron_speech.data.corpus import CorpusError, text_field
+from megatron_speech.data.corpus import CorpusError, check_unicode, text_field
 from megatron_speech.lm_tokenizer import AudioSegment, Segment, SpeechTextTokenizer, TextSegment
 
 LAYOUTS = ("text", "speech", "asr", "tts", "interleaved")
@@ -47,9 +47,12 @@ def _interleaved(record: dict, codebook_size: int, path, number: int) -> list[Se
     out: list[Segment] = []
     for i, seg in enumerate(segments):
         if isinstance(seg, dict) and isinstance(seg.get("text"), str) and len(seg) == 1:
-            out.append(TextSegment(seg["text"]))
+            out.append(TextSegment(check_unicode(seg["text"], path, number, f"segments[{i}].text")))
         elif isinstance(seg, dict) and "audio" in seg and len(seg) == 1:
-            out.append(AudioSegment(_codes(seg["audio"], codebook_size, path, number, f"segments[{i}].audio")))
+            codes = _codes(seg["audio"], codebook_size, path, number, f"segments[{i}].audio")
+            if not codes:  # as the speech layout: an audio segment of no tokens is no speech
+                raise CorpusError(path, number, f"segments[{i}].audio is empty (no speech tokens)")
+            out.append(AudioSegment(codes))
         else:
             raise CorpusError(path, number, f"segments[{i}] is neither {{'text': str}} nor {{'audio': [ids]}}")
     if not any(isinstance(s, AudioSegment) or s.text.strip() for s in out):

@@ -25,7 +25,7 @@ import numpy as np
 
 from megatron_speech import jobs
 from megatron_speech.data import indexed
-from megatron_speech.data.corpus import CorpusError, read_records
+from megatron_speech.data.corpus import CorpusError, EmptyCorpusError, read_records
 from megatron_speech.data.layouts import LAYOUTS, layout_ids, parse_record
 from megatron_speech.lm_tokenizer import AudioSegment, Segment, SpeechTextTokenizer
 
@@ -224,6 +224,12 @@ def _merge(config: PreprocessConfig, job: jobs.Job, chunks: list[jobs.Chunk], re
     from megatron_speech import _C
 
     prefix = config.output_prefix
+    total = jobs.sum_stats(results[i] for i in sorted(results))
+    errors = total["errors"]
+    jobs.write_error_report(f"{prefix}.errors.jsonl", errors)
+    if not total.get("documents"):  # megatron-core cannot open an empty dataset: say so now
+        skipped = f"; {len(errors)} bad records skipped, listed in {prefix}.errors.jsonl" if errors else ""
+        raise EmptyCorpusError(f"{', '.join(config.inputs)}: no documents to write to {prefix}.bin{skipped}")
     dtype = indexed.token_dtype(tokenizer.vocab_size)
     lengths = []
     tmp_bin = Path(f"{prefix}.bin.{os.getpid()}.tmp")
@@ -235,14 +241,12 @@ def _merge(config: PreprocessConfig, job: jobs.Job, chunks: list[jobs.Chunk], re
     lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int32)
     tmp_idx = Path(f"{prefix}.idx.{os.getpid()}.tmp")
     _C.write_index(str(tmp_idx), 8 if dtype == np.uint16 else 4, lengths, np.arange(len(lengths) + 1))
-    errors = jobs.sum_stats(results[i] for i in sorted(results))["errors"]
     stats = {
         "documents": int(len(lengths)),
         "tokens": int(lengths.sum()),
         "skipped": len(errors),
         "seconds": round(elapsed, 3),
     }
-    jobs.write_error_report(f"{prefix}.errors.jsonl", errors)
     indexed.metadata_path(prefix).unlink(missing_ok=True)
     os.replace(tmp_bin, f"{prefix}.bin")
     os.replace(tmp_idx, f"{prefix}.idx")

@@ -83,6 +83,11 @@ class SpeechTextTokenizer(MegatronTokenizerBase):
             raise ValueError(f"codebook_size must be positive, got {codebook_size}")
         super().__init__(source, {"library": "huggingface", "model_type": "speech-gpt"})
         self.text_tokenizer = text_tokenizer
+        # Special-token strings inside data stay text (contract 5): a corpus that quotes
+        # "<|endoftext|>" must not end its document there. The encoder is a copy so that the
+        # tokenizer saved and exported keeps its usual behaviour for users' own prompts.
+        self._encoder = Tokenizer.from_str(text_tokenizer.to_str())
+        self._encoder.encode_special_tokens = True
         self.codebook_size = codebook_size
         text_vocab = text_tokenizer.get_vocab(with_added_tokens=True)
         self.text_vocab_size = max(text_vocab.values()) + 1
@@ -204,11 +209,11 @@ class SpeechTextTokenizer(MegatronTokenizerBase):
     # ---- text and interleaved sequences ----------------------------------------------------
 
     def tokenize(self, text: str) -> list[int]:
-        return self.text_tokenizer.encode(text, add_special_tokens=False).ids
+        return self._encoder.encode(text, add_special_tokens=False).ids
 
     def tokenize_batch(self, texts: list[str]) -> list[list[int]]:
         """The Rust tokenizer's parallel batch path: the fast way to encode a corpus."""
-        return [e.ids for e in self.text_tokenizer.encode_batch(texts, add_special_tokens=False)]
+        return [e.ids for e in self._encoder.encode_batch(texts, add_special_tokens=False)]
 
     def encode(self, segments: list[Segment]) -> list[int]:
         """Interleaved segments → LM ids, each audio segment wrapped in begin/end of audio."""

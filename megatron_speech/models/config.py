@@ -23,6 +23,9 @@ from megatron_speech.parallel import ParallelConfig
 # The fields that fix the weights' shapes: checkpoints must agree on these to load.
 SHAPE_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size",
                 "tie_embeddings", "qkv_bias")
+# ...and with these, the function the weights compute: a run resumes or starts from a checkpoint only
+# where all agree (a changed rotary_base loads without error and computes something else).
+FUNCTION_FIELDS = SHAPE_FIELDS + ("rotary_base", "norm_epsilon", "make_vocab_size_divisible_by")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -25,8 +25,8 @@ from megatron_speech.speech_tokenizer.quantizer import VectorQuantizerEMA
 
 # NeMo instantiates `_target_`s from a .nemo file only under approved module prefixes (and only
 # ModelPT / nn.Module subclasses there); ours must be approved for restore_from to work.
-if "megatron_speech.speech." not in nemo_common.ALLOWED_TARGET_PREFIXES:
-    nemo_common.ALLOWED_TARGET_PREFIXES.append("megatron_speech.speech.")
+if "megatron_speech.speech_tokenizer." not in nemo_common.ALLOWED_TARGET_PREFIXES:
+    nemo_common.ALLOWED_TARGET_PREFIXES.append("megatron_speech.speech_tokenizer.")
 
 MEL_FRAMES_PER_SECOND = 100  # the preprocessor's 10 ms hop
 
@@ -184,6 +184,11 @@ class SpeechTokenizerModel(ModelPT):
 
         with open_dict(cfg):
             cfg.sample_rate = self.cfg.sample_rate
+            # Lhotse's concurrent bucketing fills buckets from a non-daemon thread that sleeps while
+            # they are full, forever once training stops before the data runs out (the usual case):
+            # the process never exits. Filling them in the loader's own thread costs little and
+            # makes the batches independent of thread timing.
+            cfg.setdefault("concurrent_bucketing", False)
         return get_lhotse_dataloader_from_config(cfg, global_rank=self.global_rank, world_size=self.world_size,
                                                  dataset=LhotseSpeechToTextBpeDataset(tokenizer=self.text_units))
 

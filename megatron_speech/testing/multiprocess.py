@@ -50,3 +50,16 @@ def run_processes(fn: Callable[..., Any], world_size: int, *args: Any) -> list[A
             with open(Path(out_dir, f"result{rank}.pkl"), "rb") as f:
                 results.append(pickle.load(f))
         return results
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_speech import backends, parallel as par
+from megatron_speech import backends, jobs, parallel as par
 from megatron_speech.models.gpt import build_model
 from megatron_speech.lm_tokenizer import SpeechTextTokenizer
 from megatron_speech.checkpoints import megatron as checkpoint
@@ -33,6 +33,7 @@ class TrainingState:
     tokenizer: SpeechTextTokenizer
     loaded: str  # where the weights came from, for the log
     start_step: int = 0  # steps already done (a resumed run)
+    held: contextlib.ExitStack | None = None  # the checkpoint folder's lock, for the run's length
 
 
 def wrap_ddp(model, config: TrainConfig):
@@ -101,10 +102,12 @@ def setup(config: TrainConfig) -> TrainingState:
     weights; a resumed run loads the master weights with the optimizer state.
     """
     par.init_distributed(config.parallel, seed=config.schedule.seed)
+    jobs.children_die_with_this_process()  # a killed rank leaves no checkpoint writer behind
     tokenizer = SpeechTextTokenizer.load(config.tokenizer)
-    resume = None
+    resume, held = None, None
     if config.checkpoint.dir:
         checkpoint.check_optimizer_supported(config.optim.use_distributed_optimizer)
+        held = checkpoint.claim_root(config.checkpoint.dir)
         resume = checkpoint.read_info(config.checkpoint.dir)
         if resume is not None:  # refuse a foreign checkpoint before building anything
             checkpoint.check_compatible(resume, run_metadata(config.model, tokenizer))
@@ -113,10 +116,10 @@ def setup(config: TrainConfig) -> TrainingState:
     chunks = [wrap_ddp(model, config)]
     optimizer, scheduler = build_optimizer(chunks, config)
     if resume is None:
-        return TrainingState(chunks, optimizer, scheduler, tokenizer, loaded)
+        return TrainingState(chunks, optimizer, scheduler, tokenizer, loaded, held=held)
     checkpoint.load(resume, chunks, optimizer, scheduler)
     loaded = f"resumed from {resume.path} (saved with {resume.metadata['layout']})"
-    return TrainingState(chunks, optimizer, scheduler, tokenizer, loaded, start_step=resume.step)
+    return TrainingState(chunks, optimizer, scheduler, tokenizer, loaded, start_step=resume.step, held=held)
 
 
 def _save(state: TrainingState, config: TrainConfig, step: int) -> None:
@@ -156,9 +159,14 @@ class TrainOutcome:
 
 def pretrain(config: TrainConfig) -> TrainOutcome:
     """Train (or resume) up to ``config.schedule.steps``; returns the steps run (every rank)."""
+    state = setup(config)
+    with state.held or contextlib.nullcontext():
+        return _train(config, state)
+
+
+def _train(config: TrainConfig, state: TrainingState) -> TrainOutcome:
     from megatron.core import parallel_state
 
-    state = setup(config)
     start = state.start_step
     s = config.schedule
     dp_rank = parallel_state.get_data_parallel_rank()
