@@ -215,7 +215,6 @@ class Job:
         self.kind = kind  # "preprocessing", "synthesis", ...: named in messages
         self.fingerprint = job_fingerprint
         self.description = description or {}
-        self._locks: list[int] = []
 
     # ---- claiming --------------------------------------------------------------------------
 
@@ -245,11 +244,16 @@ class Job:
             raise JobError(f"{path}: not a job file; is {self.folder} another program's folder?") from None
 
     def _empty(self) -> None:
-        with self.lock("job"):  # nobody may be writing there while it is emptied
+        with contextlib.ExitStack() as held:  # every shard's and chunk's lock: nobody is writing there
+            for lock in sorted((self.folder / "locks").glob("*.lock")):
+                held.enter_context(exclusive_lock(lock, f"{self.folder}: {lock.stem} is being written"))
             for child in self.folder.iterdir():
                 if child.name == "locks":
                     continue
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
 
     # ---- locking ---------------------------------------------------------------------------
 

@@ -84,64 +84,104 @@ def saved(prepared, tmp_path_factory):
     return ckpt
 
 
-def _resume_error(prepared, ckpt, **changes) -> str:
-    root, _ = prepared
-    values = _config(root, ckpt, steps=4)
-    for section, fields in changes.items():
-        values[section].update(fields)
-    with pytest.raises(RuntimeError) as info:
-        run_processes(train_job, 1, values)
-    assert "[train] step" not in str(info.value)
-    return str(info.value)
+def setup_errors(scenarios: dict[str, dict]) -> dict[str, str]:
+    """In one process (one import of torch and megatron for all): each run's error, or "" for a run
+    that trained. Every refusal here must come at setup, before a step."""
+    from megatron_speech.parallel import shutdown
+    from megatron_speech.training import loop
+
+    errors = {}
+    for name, values in scenarios.items():
+        try:
+            loop.pretrain(TrainConfig.from_dict(values))
+            errors[name] = ""
+        except Exception as exc:  # noqa: BLE001 - the message is what is under test
+            errors[name] = f"{type(exc).__name__}: {exc}"
+        finally:
+            shutdown()
+    return errors
 
 
-def test_vocab_mismatch_is_refused(prepared, saved, tmp_path, text_tokenizer_file):
-    from megatron_speech.lm_tokenizer import SpeechTextTokenizer
-
-    ckpt = tmp_path / "ckpt"
-    shutil.copytree(saved, ckpt)
-    other = tmp_path / "tokenizer"
-    SpeechTextTokenizer.from_text_tokenizer(text_tokenizer_file, codebook_size=32).save(other)
-    root, _ = prepared
-    values = _config(root, ckpt, steps=4)
-    values["tokenizer"] = str(other)
-    values["data"]["sources"] = []  # the checkpoint check must come before any data is read
-    with pytest.raises(RuntimeError, match="vocabulary mismatch") as info:
-        run_processes(train_job, 1, values)
-    assert "iter_0000002" in str(info.value)
-
-
-def test_model_shape_mismatch_is_refused(prepared, saved, tmp_path):
-    ckpt = tmp_path / "ckpt"
-    shutil.copytree(saved, ckpt)
-    assert "model differs from the run's" in _resume_error(prepared, ckpt, model={"hidden_size": 32})
-
-
-def test_a_changed_function_field_is_refused_too(prepared, saved, tmp_path):
-    """Same shapes, another function: rotary_base loads without error and computes something else."""
-    ckpt = tmp_path / "ckpt"
-    shutil.copytree(saved, ckpt)
-    assert "'rotary_base': (10000, 500000)" in _resume_error(prepared, ckpt, model={"rotary_base": 500000})
-
-
-def test_a_second_run_on_the_same_checkpoint_folder_is_refused(prepared, saved, tmp_path):
+@pytest.fixture(scope="module")
+def refusals(prepared, saved, tmp_path_factory, text_tokenizer_file):
+    """Every way a run must refuse its checkpoint folder at setup, run together: name -> message."""
     import fcntl
 
-    ckpt = tmp_path / "ckpt"
-    shutil.copytree(saved, ckpt)
-    with open(ckpt / ".lock", "w") as held:  # another training run holds the folder
+    from megatron_speech.lm_tokenizer import SpeechTextTokenizer
+
+    root, _ = prepared
+    tmp = tmp_path_factory.mktemp("refusals")
+    scenarios, folders = {}, {}
+
+    def scenario(name: str, ckpt, **changes) -> dict:
+        values = _config(root, ckpt, steps=4)
+        for section, fields in changes.items():
+            values[section].update(fields)
+        scenarios[name], folders[name] = values, ckpt
+        return values
+
+    def copy(name: str):
+        shutil.copytree(saved, tmp / name)
+        return tmp / name
+
+    other = tmp / "other_tokenizer"
+    SpeechTextTokenizer.from_text_tokenizer(text_tokenizer_file, codebook_size=32).save(other)
+    vocab = scenario("vocab", copy("vocab"))
+    vocab["tokenizer"] = str(other)
+    vocab["data"]["sources"] = []  # the checkpoint check must come before any data is read
+    scenario("shape", copy("shape"), model={"hidden_size": 32})
+    scenario("rotary_base", copy("rotary_base"), model={"rotary_base": 500000})
+    ckpt = copy("corrupt_shard")
+    shard = max((ckpt / "iter_0000002").glob("*.distcp"), key=lambda p: p.stat().st_size)
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    scenario("corrupt_shard", ckpt)
+    ckpt = copy("corrupt_metadata")
+    (ckpt / "iter_0000002" / checkpoint.METADATA).write_text("{not json")
+    scenario("corrupt_metadata", ckpt)
+    (tmp / "a_file").write_text("")
+    scenario("a_file", tmp / "a_file")
+    scenario("under_a_file", tmp / "a_file" / "sub")
+    scenario("in_use", copy("in_use"))
+    with open(tmp / "in_use" / ".lock", "w") as held:  # another training run holds this folder
         fcntl.flock(held, fcntl.LOCK_EX)
-        message = _resume_error(prepared, ckpt)
-    assert f"checkpoint folder {ckpt} is in use by another process" in message
+        errors = run_processes(setup_errors, 1, scenarios)[0]
+    return errors, folders
 
 
-@pytest.mark.parametrize("below, expected", [
-    ("", "the checkpoint path is not a folder"), ("sub", "the checkpoint folder cannot be written (Not a directory)"),
-], ids=["a-file", "under-a-file"])
-def test_an_unusable_checkpoint_path_is_found_at_setup(prepared, tmp_path, below, expected):
-    (tmp_path / "a_file").write_text("")
-    ckpt = tmp_path / "a_file" / below if below else tmp_path / "a_file"
-    assert f"{ckpt}: {expected}" in _resume_error(prepared, ckpt)
+def test_vocab_mismatch_is_refused(refusals):
+    errors, folders = refusals
+    assert "vocabulary mismatch" in errors["vocab"] and f"{folders['vocab']}/iter_0000002" in errors["vocab"]
+
+
+def test_model_shape_mismatch_is_refused(refusals):
+    assert "model differs from the run's" in refusals[0]["shape"] and "hidden_size" in refusals[0]["shape"]
+
+
+def test_a_changed_function_field_is_refused_too(refusals):
+    """Same shapes, another function: rotary_base loads without error and computes something else."""
+    assert "'rotary_base': (10000, 500000)" in refusals[0]["rotary_base"]
+
+
+def test_corrupt_checkpoint_is_refused(refusals):
+    assert "iter_0000002: cannot be loaded" in refusals[0]["corrupt_shard"]
+
+
+def test_corrupt_metadata_is_refused(refusals):
+    assert "corrupt metadata" in refusals[0]["corrupt_metadata"]
+
+
+def test_a_second_run_on_the_same_checkpoint_folder_is_refused(refusals):
+    errors, folders = refusals
+    assert f"checkpoint folder {folders['in_use']} is in use by another process" in errors["in_use"]
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("a_file", "the checkpoint path is not a folder"),
+    ("under_a_file", "the checkpoint folder cannot be written (Not a directory)"),
+])
+def test_an_unusable_checkpoint_path_is_found_at_setup(refusals, name, expected):
+    errors, folders = refusals
+    assert f"{folders[name]}: {expected}" in errors[name]
 
 
 def train_job_disk_full(values: dict) -> dict:
@@ -163,22 +203,6 @@ def test_a_failed_save_names_the_checkpoint(prepared, tmp_path):
         run_processes(train_job_disk_full, 1, _config(root, tmp_path / "ckpt", steps=2))
     assert f"{tmp_path / 'ckpt' / 'iter_0000002.tmp'}: saving step 2 failed: OSError: [Errno 28] No space left" \
         in str(info.value)
-
-
-def test_corrupt_checkpoint_is_refused(prepared, saved, tmp_path):
-    ckpt = tmp_path / "ckpt"
-    shutil.copytree(saved, ckpt)
-    shard = max((ckpt / "iter_0000002").glob("*.distcp"), key=lambda p: p.stat().st_size)
-    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
-    message = _resume_error(prepared, ckpt)
-    assert "iter_0000002: cannot be loaded" in message
-
-
-def test_corrupt_metadata_is_refused(prepared, saved, tmp_path):
-    ckpt = tmp_path / "ckpt"
-    shutil.copytree(saved, ckpt)
-    (ckpt / "iter_0000002" / checkpoint.METADATA).write_text("{not json")
-    assert "corrupt metadata" in _resume_error(prepared, ckpt)
 
 
 def test_metadata_records_step_layout_and_vocabulary(saved, prepared):

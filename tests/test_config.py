@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from megatron_speech import config
+from megatron_speech import config_loader as config
 from megatron_speech.synthesis.pipeline import SynthesisConfig
 from megatron_speech.training.config import TrainConfig
 

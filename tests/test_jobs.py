@@ -128,6 +128,16 @@ def test_a_second_writer_on_the_same_shard_is_refused(stages, tmp_path, stage):
 # ---- the mechanism itself ----------------------------------------------------------------------
 
 
+def test_overwrite_waits_for_no_one_and_refuses_a_folder_in_use(tmp_path):
+    running = jobs.Job(tmp_path / "job", "test", "aaaa")
+    running.claim()
+    with running.lock("shard-0-of-1"):
+        with pytest.raises(jobs.JobError, match="shard-0-of-1 is being written by another process"):
+            jobs.Job(tmp_path / "job", "test", "bbbb").claim(overwrite=True)
+    jobs.Job(tmp_path / "job", "test", "bbbb").claim(overwrite=True)  # free now: replaced
+    assert json.loads((tmp_path / "job" / jobs.JOB_FILE).read_text())["fingerprint"] == "bbbb"
+
+
 def test_a_chunk_is_complete_only_when_its_marker_is(tmp_path):
     job = jobs.Job(tmp_path / "job", "test", "f")
     job.claim()

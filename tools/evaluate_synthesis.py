@@ -12,7 +12,7 @@ import argparse
 import json
 
 from megatron_speech import atomic
-from megatron_speech import config as config_loader
+from megatron_speech import config_loader
 from megatron_speech.synthesis.evaluate import evaluate_synthesis, read_records
 from megatron_speech.synthesis.pipeline import SynthesisConfig, load_generator
 

@@ -9,7 +9,7 @@ Exits with 75 when an exit signal (SIGTERM, SIGUSR1) stopped it after saving a c
 import argparse
 import sys
 
-from megatron_speech import config
+from megatron_speech import config_loader
 from megatron_speech.parallel import shutdown
 from megatron_speech.training.config import TrainConfig
 from megatron_speech.training.loop import pretrain
@@ -19,11 +19,11 @@ from megatron_speech.training.preemption import PREEMPTED_EXIT_CODE
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="training YAML")
-    config.add_overrides_argument(parser)
+    config_loader.add_overrides_argument(parser)
     args = parser.parse_args()
     try:
         train_config = TrainConfig.from_yaml(args.config, args.set)
-    except config.ConfigError as exc:
+    except config_loader.ConfigError as exc:
         parser.error(str(exc))
     outcome = pretrain(train_config)
     shutdown()

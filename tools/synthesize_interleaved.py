@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from megatron_speech import config as config_loader
+from megatron_speech import config_loader
 from megatron_speech import jobs
 from megatron_speech.data.corpus import CorpusError, EmptyCorpusError
 from megatron_speech.synthesis.pipeline import SynthesisConfig, finalize, run_shard

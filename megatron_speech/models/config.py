@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import yaml
 
-from megatron_speech.config import build
+from megatron_speech.config_loader import build
 from megatron_speech import backends
 from megatron_speech.parallel import ParallelConfig
 

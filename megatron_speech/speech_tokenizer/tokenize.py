@@ -50,22 +50,12 @@ class TokenizeConfig:
 
 
 def _tokenize_chunk(config: TokenizeConfig, model, chunk: jobs.Chunk, tmp: dict[str, Path]) -> dict:
+    """One chunk of the manifest into speech-token records at ``tmp["jsonl"]``; returns its stats."""
     manifest = Path(config.manifest)
     written, errors = 0, []
-    records = read_records(manifest, chunk.start, chunk.end, strict=config.on_error == "stop")
+    batch: list[tuple[dict, object]] = []  # (manifest line, audio)
     with open(tmp["jsonl"], "w") as out:
-        batch: list[tuple[dict, object]] = []
-
-        def flush() -> None:
-            if batch:
-                codes = model.tokenize(*pad_batch([wave for _, wave in batch]))
-                for line, tokens in zip((line for line, _ in batch), codes):
-                    record = {"id": line.get("id", line["audio_filepath"]), "text": line.get("text", ""),
-                              "speech_tokens": tokens}
-                    out.write(json.dumps(record) + "\n")
-            batch.clear()
-
-        for number, line in records:
+        for number, line in read_records(manifest, chunk.start, chunk.end, strict=config.on_error == "stop"):
             try:
                 if isinstance(line, CorpusError):
                     raise line
@@ -77,12 +67,21 @@ def _tokenize_chunk(config: TokenizeConfig, model, chunk: jobs.Chunk, tmp: dict[
                     raise
                 errors.append(jobs.error_record(exc))
             if len(batch) == config.batch_size:
-                flush()
-                written += config.batch_size
+                written += _write_batch(out, model, batch)
+                batch = []
             jobs.maybe_crash(written + len(batch) + len(errors))
-        written += len(batch)
-        flush()
+        written += _write_batch(out, model, batch)
     return {"written": written, "skipped": len(errors), "errors": errors}
+
+
+def _write_batch(out, model, batch: list[tuple[dict, object]]) -> int:
+    if not batch:
+        return 0
+    codes = model.tokenize(*pad_batch([audio for _, audio in batch]))
+    for (line, _), tokens in zip(batch, codes):
+        record = {"id": line.get("id", line["audio_filepath"]), "text": line.get("text", ""), "speech_tokens": tokens}
+        out.write(json.dumps(record) + "\n")
+    return len(batch)
 
 
 def _load_model(path: str):

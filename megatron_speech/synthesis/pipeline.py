@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from megatron_speech.config import build
+from megatron_speech.config_loader import build
 from megatron_speech import atomic, jobs
 from megatron_speech.data.corpus import CorpusError, read_records, text_field
 from megatron_speech.data.preprocess import PreprocessConfig, preprocess

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from megatron_speech import config as config_loader
+from megatron_speech import config_loader
 from megatron_speech.models.config import SpeechGPTConfig
 from megatron_speech.parallel import ParallelConfig
 from megatron_speech.training.data import DataConfig

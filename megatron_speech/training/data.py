@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from megatron_speech.config import build
+from megatron_speech.config_loader import build
 from megatron_speech.data.indexed import read_metadata
 from megatron_speech.lm_tokenizer import SpeechTextTokenizer
 
