@@ -1,6 +1,7 @@
 """The NeMo speech tokenizer: forward/backward, exact token rate, quantizer upkeep, NeMo checkpoints."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -236,6 +237,33 @@ def test_duration_buckets_give_every_utterance_once(small_corpus):
     assert sorted(texts) == sorted(manifest)
 
 
+@pytest.mark.parametrize("concurrent, leaves_a_thread", [(None, False), (True, True)], ids=["recipe", "concurrent"])
+def test_a_loader_stopped_early_leaves_no_thread_behind(small_corpus, tmp_path, concurrent, leaves_a_thread):
+    """Training stops mid-pass (max_steps, max_time). Lhotse's concurrent bucketing fills buckets
+    from a non-daemon thread that sleeps while they are full (a corpus larger than the 10,000-cut
+    buffer, as the recipe's 26,000): alive, it kept tools/train_speech_tokenizer.py from ever
+    exiting. The recipe's loader has none; the concurrent one (the old default) shows the check bites."""
+    import threading
+
+    lines = [json.loads(l) for l in (small_corpus / "train.jsonl").read_text().splitlines()]
+    for line in lines:
+        line["audio_filepath"] = str(small_corpus / line["audio_filepath"])
+    large = tmp_path / "large.jsonl"  # more cuts than the default bucket buffer, on the same few wavs
+    large.write_text("".join(json.dumps(l) + "\n" for _ in range(10_500 // len(lines) + 1) for l in lines))
+    data = OmegaConf.load(REPO / "examples/speech_tokenizer/conf/mini.yaml").model.train_ds
+    data.update(manifest_filepath=str(large), batch_duration=2.0, num_buckets=2, num_cuts_for_bins_estimate=100)
+    if concurrent is not None:
+        data.concurrent_bucketing = concurrent
+    before = set(threading.enumerate())
+    loader = _model()._loader(data)
+    next(iter(loader))  # one step, then training "stops" with the rest of the pass unread
+    time.sleep(0.5)
+    left = [t for t in set(threading.enumerate()) - before if t.is_alive() and not t.daemon]
+    loader.sampler.cuts_iter.close()  # Lhotse's bucketer joins its producer when closed: none is left
+    assert bool(left) == leaves_a_thread, left
+    assert not [t for t in left if t.is_alive()]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("units", [[], ["model.subwords={vocab_size: 30}"]], ids=["characters", "subwords"])
 def test_training_recipe_writes_a_checkpoint_and_its_report(tmp_path, units):
@@ -254,11 +282,11 @@ def test_training_recipe_writes_a_checkpoint_and_its_report(tmp_path, units):
             "model.post_encoder.n_heads=2", "model.quantizer.num_codes=16", "model.quantizer.dim=8",
             f"model.train_ds.manifest_filepath={corpus}/train.jsonl", "model.train_ds.batch_duration=8",
             "model.train_ds.num_buckets=2", f"model.validation_ds.manifest_filepath={corpus}/dev.jsonl",
-            "model.train_ds.bucket_buffer_size=2",  # fewer than the corpus: training ends with the buckets full
             "model.optim.sched.warmup_steps=1", "trainer.max_steps=3", "trainer.val_check_interval=3",
             f"exp_manager.exp_dir={tmp_path}/runs", "name=tiny", *units]
     tool = REPO / "tools/train_speech_tokenizer.py"
-    # It must also exit by itself once its outputs are written (a Lhotse thread once kept it alive).
+    # It must also exit by itself once its outputs are written. (The thread that once kept it alive
+    # needs a corpus larger than Lhotse's bucket buffer: test_a_loader_stopped_early_... checks that.)
     done = subprocess.run([sys.executable, str(tool), *tiny], check=True, cwd=tmp_path, capture_output=True,
                           text=True, timeout=600)
     report = json.loads((tmp_path / "runs/tiny/tiny.eval.json").read_text())
