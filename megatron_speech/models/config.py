@@ -16,8 +16,8 @@ from typing import Any
 import torch
 import yaml
 
-from megatron_speech.config_loader import build
 from megatron_speech import backends
+from megatron_speech.config_loader import build
 from megatron_speech.parallel import ParallelConfig
 
 # The fields that fix the weights' shapes: checkpoints must agree on these to load.

@@ -21,14 +21,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from megatron_speech.config_loader import build
 from megatron_speech import atomic, jobs
+from megatron_speech.config_loader import build
 from megatron_speech.data.corpus import CorpusError, read_records, text_field
 from megatron_speech.data.preprocess import PreprocessConfig, preprocess
 from megatron_speech.jobs import Chunk
+from megatron_speech.lm_tokenizer import SpeechTextTokenizer
 from megatron_speech.synthesis.generate import GenerationConfig, SpanGenerator
 from megatron_speech.synthesis.spans import SpanConfig, sample_spans, split_document, word_offsets
-from megatron_speech.lm_tokenizer import SpeechTextTokenizer
 
 STATS_FILE = "stats.json"
 
