@@ -287,7 +287,7 @@ def test_training_recipe_writes_a_checkpoint_and_its_report(tmp_path, units):
     tool = REPO / "tools/train_speech_tokenizer.py"
     # It must also exit by itself once its outputs are written. (The thread that once kept it alive
     # needs a corpus larger than Lhotse's bucket buffer: test_a_loader_stopped_early_... checks that.)
-    done = subprocess.run([sys.executable, str(tool), *tiny], check=True, cwd=tmp_path, capture_output=True,
+    done = subprocess.run([sys.executable, str(tool), "--config-name", "mini", *tiny], check=True, cwd=tmp_path, capture_output=True,
                           text=True, timeout=600)
     report = json.loads((tmp_path / "runs/tiny/tiny.eval.json").read_text())
     assert report["steps"] == 3 and report["token_rate"] == 12.5
@@ -328,7 +328,7 @@ def test_a_run_the_time_guard_stops_says_so_loudly(tmp_path):
             "model.train_ds.num_buckets=2", f"model.validation_ds.manifest_filepath={corpus}/dev.jsonl",
             "trainer.max_steps=1000000", "trainer.max_time=00:00:00:05", "trainer.val_check_interval=1000000",
             f"exp_manager.exp_dir={tmp_path}/runs", "name=cut"]
-    done = subprocess.run([sys.executable, str(REPO / "tools/train_speech_tokenizer.py"), *tiny], check=True,
+    done = subprocess.run([sys.executable, str(REPO / "tools/train_speech_tokenizer.py"), "--config-name", "mini", *tiny], check=True,
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
     report = json.loads((tmp_path / "runs/cut/cut.eval.json").read_text())
     assert report["cut_short"] and 0 < report["steps"] < report["max_steps"] == 1000000

@@ -11,17 +11,17 @@ import argparse
 
 from megatron_speech import atomic
 from megatron_speech.speech_tokenizer.evaluate import evaluate_manifest, report_lines
-from megatron_speech.speech_tokenizer.model import SpeechTokenizerModel
+from megatron_speech.speech_tokenizer.load import load_speech_tokenizer
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help=".nemo file of the speech tokenizer")
+    parser.add_argument("model", help=".nemo file of either speech tokenizer")
     parser.add_argument("manifests", nargs="+", help="NeMo manifests (audio_filepath, text, speaker)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--output", help="write the results here as JSON")
     args = parser.parse_args()
-    model = SpeechTokenizerModel.restore_from(args.model, map_location="cpu")
+    model = load_speech_tokenizer(args.model)
     results = [evaluate_manifest(model, manifest, args.batch_size) for manifest in args.manifests]
     for result in results:
         print("\n".join(report_lines(result)))

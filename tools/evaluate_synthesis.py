@@ -30,9 +30,9 @@ def main() -> None:
         config = config_loader.load(SynthesisConfig, args.config, args.set)
     except config_loader.ConfigError as exc:
         parser.error(str(exc))
-    from megatron_speech.speech_tokenizer.model import SpeechTokenizerModel
+    from megatron_speech.speech_tokenizer.load import load_speech_tokenizer
 
-    speech_model = SpeechTokenizerModel.restore_from(args.speech_tokenizer, map_location="cpu").eval()
+    speech_model = load_speech_tokenizer(args.speech_tokenizer)
     report = evaluate_synthesis(load_generator(config), speech_model, read_records(args.texts, args.limit))
     report["texts"] = args.texts
     if args.output:

@@ -1,8 +1,9 @@
 """Train the speech tokenizer (NeMo model, Lightning trainer, Hydra config), then report WER and codes.
 
-    .venv/bin/python tools/train_speech_tokenizer.py                     # the mini recipe
-    .venv/bin/python tools/train_speech_tokenizer.py model.token_rate=25 name=speech_tokenizer_mini_25hz
-    .venv/bin/python tools/train_speech_tokenizer.py 'model.subwords={vocab_size: 256}'   # subword CTC
+    .venv/bin/python tools/train_speech_tokenizer.py                     # the Whisper mini recipe (default)
+    .venv/bin/python tools/train_speech_tokenizer.py model.vq.pooling_kernel_size=2 name=whisper_vq_mini_25hz
+    .venv/bin/python tools/train_speech_tokenizer.py --config-name mini  # the Conformer from scratch
+    .venv/bin/python tools/train_speech_tokenizer.py --config-name mini 'model.subwords={vocab_size: 256}'
 
 Writes <exp_dir>/<name>/<name>.nemo and <name>.eval.json (WER and CER on held-out sentences of the
 training voices and on the held-out voice, also per voice; codebook usage and perplexity, training
@@ -21,7 +22,7 @@ from nemo.core.config import hydra_runner
 from megatron_speech import atomic
 from megatron_speech.speech_tokenizer.evaluate import evaluate_manifest, report_lines
 from megatron_speech.speech_tokenizer.subwords import train_subword_model
-from megatron_speech.speech_tokenizer.model import SpeechTokenizerModel
+from megatron_speech.speech_tokenizer.load import model_class
 
 CONF = str(Path(__file__).resolve().parents[1] / "examples" / "speech_tokenizer" / "conf")
 
@@ -33,7 +34,7 @@ def _versions() -> dict[str, str]:
     return {name: version(name) for name in ("torch", "nemo-toolkit", "lightning", "lhotse")}
 
 
-@hydra_runner(config_path=CONF, config_name="mini")
+@hydra_runner(config_path=CONF, config_name="whisper_mini")
 def main(cfg: DictConfig) -> None:
     out = Path(cfg.exp_manager.exp_dir) / cfg.name
     out.mkdir(parents=True, exist_ok=True)
@@ -43,7 +44,7 @@ def main(cfg: DictConfig) -> None:
         with open_dict(subwords):
             subwords.model_path = str(model_path)
     trainer = pl.Trainer(**cfg.trainer, default_root_dir=str(out))
-    model = SpeechTokenizerModel(cfg.model, trainer=trainer)
+    model = model_class(cfg.get("model_type", "conformer"))(cfg.model, trainer=trainer)
     start = time.perf_counter()
     trainer.fit(model)
     minutes = (time.perf_counter() - start) / 60
@@ -53,7 +54,7 @@ def main(cfg: DictConfig) -> None:
     cut_short = 0 < max_steps and trainer.global_step < max_steps
     if cut_short:
         _warn_cut_short(trainer.global_step, max_steps, cfg.trainer.get("max_time"))
-    report = {"name": cfg.name, "token_rate": cfg.model.token_rate, "train_minutes": round(minutes, 1),
+    report = {"name": cfg.name, "model_type": cfg.get("model_type", "conformer"), "token_rate": _token_rate(cfg, model), "train_minutes": round(minutes, 1),
               "epochs": trainer.current_epoch, "steps": trainer.global_step, "max_steps": max_steps,
               "cut_short": cut_short, "versions": _versions(),
               "results": [evaluate_manifest(model, corpus / f"{m}.jsonl") for m in ("test", "test_heldout_voice")],
@@ -63,6 +64,11 @@ def main(cfg: DictConfig) -> None:
         print("\n".join(report_lines(result)))
     if cut_short:
         _warn_cut_short(trainer.global_step, max_steps, cfg.trainer.get("max_time"))
+
+
+def _token_rate(cfg: DictConfig, model) -> float:
+    settings = getattr(model, "settings", None)
+    return settings.token_rate if settings is not None else float(cfg.model.token_rate)
 
 
 def _warn_cut_short(steps: int, max_steps: int, max_time) -> None:

@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
-# The mini text-to-token model and synthesis, end to end on CPU (about 44 minutes on 2 cores with the
-# default 30,000-sentence speech corpus, 6.5 of them tokenizing it). Needs the speech
-# corpus and the mini speech tokenizer (examples/speech_tokenizer/README.md) and the default corpus
-# and tokenizer of the small default (examples/tiny/run.sh). Every step is skipped when its output exists.
+# The mini text-to-token model and synthesis, end to end on CPU (see README.md for the time on 2
+# cores). Needs the speech corpus and a speech tokenizer of either kind (examples/speech_tokenizer/
+# README.md; the Whisper recipe's by default) and the default corpus of the small default
+# (examples/tiny/run.sh). Every step is skipped when its output exists.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
-SPEECH_TOKENIZER=${SPEECH_TOKENIZER:-work/speech_tokenizer/speech_tokenizer_mini/speech_tokenizer_mini.nemo}
+SPEECH_TOKENIZER=${SPEECH_TOKENIZER:-work/speech_tokenizer/whisper_vq_mini/whisper_vq_mini.nemo}
 W=work/t2t
+# the LM vocabularies get as many speech codes as the speech tokenizer has
+CODES=$($PY -c "from megatron_speech.speech_tokenizer.load import load_speech_tokenizer as l; import sys; print(l(sys.argv[1]).quantizer.num_codes)" "$SPEECH_TOKENIZER" 2>/dev/null | tail -1)
 
 # 1. speech tokens of the corpus (contract 2)
 for split in train test test_heldout_voice; do
   [ -f $W/tokens_$split.jsonl ] || $PY tools/tokenize_speech.py work/speech_corpus/$split.jsonl \
     $W/tokens_$split.jsonl --model "$SPEECH_TOKENIZER" --batch-size 32
 done
-# 2. the text-to-token model's tokenizer: a small BPE on the transcripts, plus the 512 speech codes
+# 2. the text-to-token model's tokenizer: a small BPE on the transcripts, plus the speech codes
 [ -f $W/tokenizer/speech_text_tokenizer.json ] || $PY tools/build_tokenizer.py $W/tokenizer \
-  --train-on $W/tokens_train.jsonl --text-vocab-size 512 --codebook-size 512
+  --train-on $W/tokens_train.jsonl --text-vocab-size 512 --codebook-size "$CODES"
 # 3. TTS pairs as indexed binaries: text <|begin_of_audio|> tokens <|end_of_audio|>
 [ -f $W/data/tts_train.meta.json ] || $PY tools/preprocess_data.py $W/tokens_train.jsonl \
   --tokenizer $W/tokenizer --output-prefix $W/data/tts_train --layout tts
@@ -29,5 +31,9 @@ for split in test test_heldout_voice; do
     --speech-tokenizer "$SPEECH_TOKENIZER" --texts $W/tokens_$split.jsonl --output $W/eval_$split.json
 done
 # 6. synthesize interleaved data from the default corpus, then indexed binaries for pre-training
-$PY tools/synthesize_interleaved.py --config examples/synthesize/mini.yaml
-$PY tools/synthesize_interleaved.py --config examples/synthesize/mini.yaml --finalize
+#    (the pre-training vocabulary: the small default's text BPE with this tokenizer's codes)
+[ -f $W/lm_tokenizer/speech_text_tokenizer.json ] || $PY tools/build_tokenizer.py $W/lm_tokenizer \
+  --train-on work/tiny/corpus.jsonl --text-vocab-size 2048 --codebook-size "$CODES"
+SYNTH=(--config examples/synthesize/mini.yaml --set indexed_tokenizer=$W/lm_tokenizer)
+$PY tools/synthesize_interleaved.py "${SYNTH[@]}"
+$PY tools/synthesize_interleaved.py "${SYNTH[@]}" --finalize

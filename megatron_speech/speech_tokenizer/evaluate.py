@@ -14,7 +14,8 @@ from megatron_speech.speech.audio import load_audio, pad_batch
 
 @torch.no_grad()
 def evaluate_manifest(model, manifest: str | Path, batch_size: int = 16) -> dict:
-    """WER of greedy CTC decoding through the quantized tokens, and the codebook statistics."""
+    """WER of greedy decoding through the quantized tokens (CTC for the Conformer tokenizer, Whisper's
+    decoder for the Whisper one), and the codebook statistics."""
     from nemo.collections.asr.metrics.wer import word_error_rate
 
     manifest = Path(manifest)
@@ -25,8 +26,7 @@ def evaluate_manifest(model, manifest: str | Path, batch_size: int = 16) -> dict
     for start in range(0, len(lines), batch_size):
         chunk = list(enumerate(lines[start:start + batch_size], start + 1))
         audio, lengths = pad_batch([load_audio(manifest, n, line, model.cfg.sample_rate) for n, line in chunk])
-        log_probs, token_lengths, _ = model(audio, lengths)
-        hyps += model.greedy_decode(log_probs, token_lengths)
+        hyps += model.transcribe_audio(audio, lengths)
         refs += [line["text"] for _, line in chunk]
         speakers += [line.get("speaker", "") for _, line in chunk]
     return {

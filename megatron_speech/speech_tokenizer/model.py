@@ -21,6 +21,7 @@ from omegaconf import DictConfig, open_dict
 from nemo.core import ModelPT
 from nemo.core.classes import common as nemo_common
 
+from megatron_speech.speech_tokenizer.loader import lhotse_loader
 from megatron_speech.speech_tokenizer.quantizer import VectorQuantizerEMA
 
 # NeMo instantiates `_target_`s from a .nemo file only under approved module prefixes (and only
@@ -134,6 +135,12 @@ class SpeechTokenizerModel(ModelPT):
         logits, ctc_lengths = self._asr_head(self.quantizer.codebook[padded], lengths)
         return self.greedy_decode(logits, ctc_lengths)
 
+    @torch.no_grad()
+    def transcribe_audio(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> list[str]:
+        """Greedy transcription through the quantized tokens (what the WER figures measure)."""
+        log_probs, lengths, _ = self(audio, audio_lengths)
+        return self.greedy_decode(log_probs, lengths)
+
     def greedy_decode(self, logits: torch.Tensor, lengths: torch.Tensor) -> list[str]:
         texts = []
         for row, n in zip(logits.argmax(-1), lengths.tolist()):
@@ -177,20 +184,7 @@ class SpeechTokenizerModel(ModelPT):
     # ------------------------------------------------------------------ data (NeMo's Lhotse loader)
 
     def _loader(self, cfg: DictConfig):
-        """NeMo's Lhotse loader over a NeMo manifest. With ``use_bucketing`` and ``batch_duration``,
-        batches hold utterances of similar length: random batches of the mini corpus were ~40% padding."""
-        from nemo.collections.asr.data.audio_to_text_lhotse import LhotseSpeechToTextBpeDataset
-        from nemo.collections.common.data.lhotse import get_lhotse_dataloader_from_config
-
-        with open_dict(cfg):
-            cfg.sample_rate = self.cfg.sample_rate
-            # Lhotse's concurrent bucketing fills buckets from a non-daemon thread that sleeps while
-            # they are full, forever once training stops before the data runs out (the usual case):
-            # the process never exits. Filling them in the loader's own thread costs little and
-            # makes the batches independent of thread timing.
-            cfg.setdefault("concurrent_bucketing", False)
-        return get_lhotse_dataloader_from_config(cfg, global_rank=self.global_rank, world_size=self.world_size,
-                                                 dataset=LhotseSpeechToTextBpeDataset(tokenizer=self.text_units))
+        return lhotse_loader(cfg, self, self.text_units)
 
     def setup_training_data(self, cfg: DictConfig) -> None:
         self._train_dl = self._loader(cfg) if cfg and cfg.get("manifest_filepath") else None

