@@ -1,4 +1,4 @@
-"""The speech tokenizers' data: NeMo's Lhotse loader over a NeMo manifest, the same for both models."""
+"""What both speech tokenizers share with Lightning: NeMo's Lhotse loader over a NeMo manifest, and the validation log."""
 
 from __future__ import annotations
 
@@ -23,3 +23,14 @@ def lhotse_loader(cfg: DictConfig, model, text_units):
         cfg.setdefault("concurrent_bucketing", False)
     return get_lhotse_dataloader_from_config(cfg, global_rank=model.global_rank, world_size=model.world_size,
                                              dataset=LhotseSpeechToTextBpeDataset(tokenizer=text_units))
+
+
+def log_validation(model) -> None:
+    """Mean validation loss and WER of the steps' outputs (``model.validation_step_outputs``), logged."""
+    import torch
+
+    outputs = model.validation_step_outputs
+    if outputs:
+        model.log("val_loss", torch.stack([o["val_loss"] for o in outputs]).mean(), prog_bar=True)
+        model.log("val_wer", sum(o["wer"] for o in outputs) / len(outputs), prog_bar=True)
+    outputs.clear()

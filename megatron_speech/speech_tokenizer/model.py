@@ -21,7 +21,7 @@ from omegaconf import DictConfig, open_dict
 from nemo.core import ModelPT
 from nemo.core.classes import common as nemo_common
 
-from megatron_speech.speech_tokenizer.loader import lhotse_loader
+from megatron_speech.speech_tokenizer.loader import lhotse_loader, log_validation
 from megatron_speech.speech_tokenizer.quantizer import VectorQuantizerEMA
 
 # NeMo instantiates `_target_`s from a .nemo file only under approved module prefixes (and only
@@ -175,11 +175,7 @@ class SpeechTokenizerModel(ModelPT):
         return output
 
     def on_validation_epoch_end(self):
-        outputs = self.validation_step_outputs
-        if outputs:
-            self.log("val_loss", torch.stack([o["val_loss"] for o in outputs]).mean(), prog_bar=True)
-            self.log("val_wer", sum(o["wer"] for o in outputs) / len(outputs), prog_bar=True)
-        self.validation_step_outputs.clear()
+        log_validation(self)
 
     # ------------------------------------------------------------------ data (NeMo's Lhotse loader)
 

@@ -33,7 +33,7 @@ from nemo.core.classes import common as nemo_common
 
 from megatron_speech.config_loader import build
 from megatron_speech.speech.text import normalize_text
-from megatron_speech.speech_tokenizer.loader import lhotse_loader
+from megatron_speech.speech_tokenizer.loader import lhotse_loader, log_validation
 from megatron_speech.speech_tokenizer.whisper_vq import HOP_SAMPLES, WhisperVQ, WhisperVQSettings, mel_frames
 
 if "megatron_speech.speech_tokenizer." not in nemo_common.ALLOWED_TARGET_PREFIXES:
@@ -250,11 +250,7 @@ class WhisperSpeechTokenizerModel(ModelPT):
         return output
 
     def on_validation_epoch_end(self):
-        outputs = self.validation_step_outputs
-        if outputs:
-            self.log("val_loss", torch.stack([o["val_loss"] for o in outputs]).mean(), prog_bar=True)
-            self.log("val_wer", sum(o["wer"] for o in outputs) / len(outputs), prog_bar=True)
-        self.validation_step_outputs.clear()
+        log_validation(self)
 
     def setup_training_data(self, cfg: DictConfig) -> None:
         self._train_dl = lhotse_loader(cfg, self, self.text_units) if cfg and cfg.get("manifest_filepath") else None
