@@ -72,12 +72,8 @@ def read_pretrained(folder: Path):
 
 
 def _is_ctranslate2(folder: Path) -> bool:
-    """CTranslate2 folders have a config.json too (decoding settings), but no ``model_type``."""
-    import json
-
-    if not (folder / "model.bin").exists():
-        return False
-    return "model_type" not in json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else True
+    """CTranslate2 keeps its weights in ``model.bin``; Hugging Face folders never use that name."""
+    return (folder / "model.bin").exists()
 
 
 class WhisperText:
@@ -115,9 +111,9 @@ class WhisperSpeechTokenizerModel(ModelPT):
         if state is not None:
             self.net.load_whisper_state(state, str(cfg.whisper.pretrained))
         freeze = cfg.get("freeze") or {}
-        self.frozen = self.net.frozen_parts(bool(freeze.get("below_quantizer")), bool(freeze.get("decoder")),
-                                            bool(freeze.get("token_embeddings")))
-        for part in self.frozen:
+        self.frozen_below = bool(freeze.get("below_quantizer"))
+        frozen = self.net.frozen_parts(self.frozen_below, bool(freeze.get("decoder")), bool(freeze.get("token_embeddings")))
+        for part in frozen:
             part.requires_grad_(False)
         self.feature_extractor = _feature_extractor(whisper_config.num_mel_bins)
         self.validation_step_outputs: list[dict] = []
@@ -161,8 +157,7 @@ class WhisperSpeechTokenizerModel(ModelPT):
 
     def _below_quantizer(self, audio: torch.Tensor, audio_lengths: torch.Tensor):
         features, frame_lengths = self.features(audio, audio_lengths)
-        frozen = bool(self.frozen) and self.net.encoder.conv1 in self.frozen
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_below):
             return self.net.encode_to_quantizer(features, frame_lengths)
 
     @torch.no_grad()

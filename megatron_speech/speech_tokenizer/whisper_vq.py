@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from megatron_speech.speech_tokenizer.quantizer import QuantizerOutput, VectorQuantizerEMA
+from megatron_speech.speech_tokenizer.quantizer import VectorQuantizerEMA
 
 HOP_SAMPLES = 160  # Whisper's log-mel hop at 16 kHz: 100 frames/s
 CONV_STRIDE = 2  # conv2's stride: the encoder runs at 50 Hz
@@ -206,9 +206,7 @@ class WhisperVQ(nn.Module):
     def encode_to_quantizer(self, features: torch.Tensor, frame_lengths: torch.Tensor):
         """Continuous frames at the token rate just before the quantizer [B, T, D], and their mask."""
         x, valid = self._front_end(features, frame_lengths)
-        x, valid, pooled = self._run_layers(x, valid, 0, self.settings.quantize_position, pooled=False)
-        if not pooled and self.settings.pooling_kernel_size is not None:  # pooling_position == 0 would land here
-            x, valid = self._pool(x, valid)
+        x, valid, _ = self._run_layers(x, valid, 0, self.settings.quantize_position, pooled=False)
         if self.settings.quantize_position_centering:
             if self.training:
                 self._update_position_mean(x.detach(), valid)
@@ -225,9 +223,6 @@ class WhisperVQ(nn.Module):
         mask = valid.to(x.dtype)
         self.position_sum[:t].mul_(decay).add_((x * mask[..., None]).sum(0), alpha=1 - decay)
         self.position_count[:t].mul_(decay).add_(mask.sum(0), alpha=1 - decay)
-
-    def quantize(self, frames: torch.Tensor, valid: torch.Tensor) -> QuantizerOutput:
-        return self.quantizer(frames, valid)
 
     def encode_tokens(self, codes: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """What the decoder attends to, from token vectors [B, T] (ids) or [B, T, D] (quantized)."""
