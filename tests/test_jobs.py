@@ -60,7 +60,8 @@ def stages(tmp_path, speech_tokenizer):
         return run_shard(config, generator=OneCodeAWord())
 
     def run_tokenize(inputs: Path, out: Path, **kw):
-        return tokenize_manifest(TokenizeConfig(str(inputs), str(out), "unused.nemo", **kw), FixedRateSpeechModel())
+        info = {"name": "fixed", "model_type": "conformer", "token_rate": 12.5, "codebook_size": 1, "fingerprint": "f"}
+        return tokenize_manifest(TokenizeConfig(str(inputs), str(out), "unused.nemo", **kw), FixedRateSpeechModel(), info)
 
     return {
         "preprocessing": (run_preprocess, lambda out: Path(f"{out}.shards"), {"text": "one two three four"}),

@@ -148,11 +148,14 @@ def small_corpus(tmp_path_factory):
 def _tokenize(manifest, output, model, **kw):
     from megatron_speech.speech_tokenizer.tokenize import TokenizeConfig, tokenize_manifest
 
-    return tokenize_manifest(TokenizeConfig(str(manifest), str(output), "unused.nemo", batch_size=4, **kw), model)
+    info = {"name": "test", "model_type": "conformer", "token_rate": model.token_rate,
+            "codebook_size": model.quantizer.num_codes, "fingerprint": "0" * 16}  # no .nemo to describe
+    return tokenize_manifest(TokenizeConfig(str(manifest), str(output), "unused.nemo", batch_size=4, **kw), model, info)
 
 
-def test_tokens_feed_the_preprocessing_tool(small_corpus, tmp_path, speech_tokenizer):
+def test_tokens_feed_the_preprocessing_tool(small_corpus, tmp_path, text_tokenizer_file):
     from megatron_speech.data.preprocess import PreprocessConfig, preprocess
+    from megatron_speech.lm_tokenizer import SpeechTextTokenizer
     from megatron_speech.speech.audio import read_wav
 
     model = _model().eval()  # the output folder does not exist yet: the tool makes it
@@ -164,7 +167,8 @@ def test_tokens_feed_the_preprocessing_tool(small_corpus, tmp_path, speech_token
     for record, line in zip(records, manifest):
         samples, _ = read_wav(small_corpus / line["audio_filepath"])
         assert len(record["speech_tokens"]) == samples.size // 1280 and record["text"] == line["text"]
-    speech_tokenizer.save(tmp_path / "tok")
+    # a vocabulary with as many speech codes as this tokenizer has (contract 2 refuses another size)
+    SpeechTextTokenizer.from_text_tokenizer(text_tokenizer_file, model.quantizer.num_codes).save(tmp_path / "tok")
     for layout in ("speech", "asr", "tts"):
         preprocess(PreprocessConfig([str(tokens)], str(tmp_path / layout), str(tmp_path / "tok"),
                                     layout=layout))

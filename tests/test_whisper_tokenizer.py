@@ -188,6 +188,47 @@ def test_the_nemo_file_carries_weights_and_tokenizer(hf_folder, tmp_path):
     assert restored.transcribe_tokens(codes) == model.transcribe_tokens(codes)
 
 
+def test_token_files_record_their_tokenizer_and_mismatches_are_refused(hf_folder, tmp_path, text_tokenizer_file):
+    """Contract 2: tokens carry the name, rate, codebook size and fingerprint of the .nemo that made
+    them; preprocessing into a vocabulary of another codebook size, or reading them back with
+    another tokenizer, stops with both files named."""
+    import numpy as np
+
+    from megatron_speech.data import indexed, speech_tokens
+    from megatron_speech.data.preprocess import PreprocessConfig, preprocess
+    from megatron_speech.lm_tokenizer import SpeechTextTokenizer
+    from megatron_speech.speech.audio import write_wav
+    from megatron_speech.speech_tokenizer.load import describe, load_speech_tokenizer
+    from megatron_speech.speech_tokenizer.tokenize import TokenizeConfig, tokenize_manifest
+    from megatron_speech.speech_tokenizer.whisper_model import WhisperSpeechTokenizerModel
+
+    nemo = tmp_path / "tok.nemo"
+    WhisperSpeechTokenizerModel(_model_cfg(hf_folder)).save_to(str(nemo))
+    for i, seconds in enumerate([1.0, 0.6]):
+        write_wav(tmp_path / f"{i}.wav", (np.random.default_rng(i).standard_normal(int(16000 * seconds)) * 3000)
+                  .astype(np.int16), 16000)
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps({"audio_filepath": f"{i}.wav", "text": "a b"}) + "\n"
+                                              for i in range(2)))
+    tokens = tmp_path / "tokens.jsonl"
+    tokenize_manifest(TokenizeConfig(str(tmp_path / "m.jsonl"), str(tokens), str(nemo)))
+    info = speech_tokens.read_info(tokens)
+    assert info == describe(nemo, load_speech_tokenizer(nemo))
+    assert (info["name"], info["model_type"], info["token_rate"], info["codebook_size"]) == ("tok", "whisper_vq", 12.5, 16)
+
+    for codes in (16, 32):
+        SpeechTextTokenizer.from_text_tokenizer(text_tokenizer_file, codebook_size=codes).save(tmp_path / f"lm{codes}")
+    config = PreprocessConfig([str(tokens)], str(tmp_path / "tts"), str(tmp_path / "lm32"), layout="tts")
+    with pytest.raises(speech_tokens.SpeechTokenMismatch, match=r"tokens\.jsonl.*'tok' with 16 codes.*lm32.*32"):
+        preprocess(config)
+    assert not (tmp_path / "tts.bin").exists()
+    preprocess(PreprocessConfig([str(tokens)], str(tmp_path / "tts"), str(tmp_path / "lm16"), layout="tts"))
+    assert indexed.read_metadata(tmp_path / "tts")["speech_tokenizers"] == [info]
+
+    speech_tokens.check_same_tokenizer(tokens, info, str(nemo))
+    with pytest.raises(speech_tokens.SpeechTokenMismatch, match=r"tokens\.jsonl.*'tok'.*other\.nemo"):
+        speech_tokens.check_same_tokenizer(tokens, {**info, "fingerprint": "0" * 16}, "other.nemo")
+
+
 def test_cached_greedy_decoding_equals_recomputing_everything(hf_folder):
     from megatron_speech.speech_tokenizer.whisper_model import WhisperSpeechTokenizerModel
 

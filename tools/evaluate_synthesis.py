@@ -30,9 +30,14 @@ def main() -> None:
         config = config_loader.load(SynthesisConfig, args.config, args.set)
     except config_loader.ConfigError as exc:
         parser.error(str(exc))
-    from megatron_speech.speech_tokenizer.load import load_speech_tokenizer
+    from megatron_speech.data.speech_tokens import SpeechTokenMismatch, check_same_tokenizer
+    from megatron_speech.speech_tokenizer.load import describe, load_speech_tokenizer
 
     speech_model = load_speech_tokenizer(args.speech_tokenizer)
+    try:  # the real tokens' WER means nothing when another tokenizer made them
+        check_same_tokenizer(args.texts, describe(args.speech_tokenizer, speech_model), args.speech_tokenizer)
+    except SpeechTokenMismatch as exc:
+        raise SystemExit(f"error: {exc}") from None
     report = evaluate_synthesis(load_generator(config), speech_model, read_records(args.texts, args.limit))
     report["texts"] = args.texts
     if args.output:

@@ -12,6 +12,7 @@ import sys
 from megatron_speech import jobs
 from megatron_speech.data.corpus import CorpusError, EmptyCorpusError
 from megatron_speech.data.layouts import LAYOUTS
+from megatron_speech.data.speech_tokens import SpeechTokenMismatch
 from megatron_speech.data.preprocess import PreprocessConfig, preprocess
 
 def main() -> None:
@@ -37,7 +38,7 @@ def main() -> None:
         stats = preprocess(config)
     except CorpusError as exc:
         sys.exit(f"error: {exc}\n(rerun with --on-error skip to leave bad records out; finished chunks are kept)")
-    except (jobs.JobError, EmptyCorpusError) as exc:
+    except (jobs.JobError, EmptyCorpusError, SpeechTokenMismatch) as exc:
         sys.exit(f"error: {exc}")
     skipped = f", {stats['skipped']} bad records skipped (see {args.output_prefix}.errors.jsonl)" if stats["skipped"] else ""
     print(f"{stats['documents']:,} documents, {stats['tokens']:,} tokens -> {args.output_prefix}.bin/.idx{skipped}")

@@ -54,7 +54,7 @@ def main(cfg: DictConfig) -> None:
     cut_short = 0 < max_steps and trainer.global_step < max_steps
     if cut_short:
         _warn_cut_short(trainer.global_step, max_steps, cfg.trainer.get("max_time"))
-    report = {"name": cfg.name, "model_type": cfg.get("model_type", "conformer"), "token_rate": _token_rate(cfg, model), "train_minutes": round(minutes, 1),
+    report = {"name": cfg.name, "model_type": cfg.get("model_type", "conformer"), "token_rate": model.token_rate, "train_minutes": round(minutes, 1),
               "epochs": trainer.current_epoch, "steps": trainer.global_step, "max_steps": max_steps,
               "cut_short": cut_short, "versions": _versions(),
               "results": [evaluate_manifest(model, corpus / f"{m}.jsonl") for m in ("test", "test_heldout_voice")],
@@ -64,11 +64,6 @@ def main(cfg: DictConfig) -> None:
         print("\n".join(report_lines(result)))
     if cut_short:
         _warn_cut_short(trainer.global_step, max_steps, cfg.trainer.get("max_time"))
-
-
-def _token_rate(cfg: DictConfig, model) -> float:
-    settings = getattr(model, "settings", None)
-    return settings.token_rate if settings is not None else float(cfg.model.token_rate)
 
 
 def _warn_cut_short(steps: int, max_steps: int, max_time) -> None:

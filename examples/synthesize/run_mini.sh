@@ -8,8 +8,6 @@ cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
 SPEECH_TOKENIZER=${SPEECH_TOKENIZER:-work/speech_tokenizer/whisper_vq_mini/whisper_vq_mini.nemo}
 W=work/t2t
-# the LM vocabularies get as many speech codes as the speech tokenizer has
-CODES=$($PY -c "from megatron_speech.speech_tokenizer.load import load_speech_tokenizer as l; import sys; print(l(sys.argv[1]).quantizer.num_codes)" "$SPEECH_TOKENIZER" 2>/dev/null | tail -1)
 
 # 1. speech tokens of the corpus (contract 2)
 for split in train test test_heldout_voice; do
@@ -17,8 +15,9 @@ for split in train test test_heldout_voice; do
     $W/tokens_$split.jsonl --model "$SPEECH_TOKENIZER" --batch-size 32
 done
 # 2. the text-to-token model's tokenizer: a small BPE on the transcripts, plus the speech codes
+#    (as many as the speech tokenizer has: recorded beside its tokens)
 [ -f $W/tokenizer/speech_text_tokenizer.json ] || $PY tools/build_tokenizer.py $W/tokenizer \
-  --train-on $W/tokens_train.jsonl --text-vocab-size 512 --codebook-size "$CODES"
+  --train-on $W/tokens_train.jsonl --text-vocab-size 512 --codebook-of $W/tokens_train.jsonl
 # 3. TTS pairs as indexed binaries: text <|begin_of_audio|> tokens <|end_of_audio|>
 [ -f $W/data/tts_train.meta.json ] || $PY tools/preprocess_data.py $W/tokens_train.jsonl \
   --tokenizer $W/tokenizer --output-prefix $W/data/tts_train --layout tts
@@ -33,7 +32,7 @@ done
 # 6. synthesize interleaved data from the default corpus, then indexed binaries for pre-training
 #    (the pre-training vocabulary: the small default's text BPE with this tokenizer's codes)
 [ -f $W/lm_tokenizer/speech_text_tokenizer.json ] || $PY tools/build_tokenizer.py $W/lm_tokenizer \
-  --train-on work/tiny/corpus.jsonl --text-vocab-size 2048 --codebook-size "$CODES"
+  --train-on work/tiny/corpus.jsonl --text-vocab-size 2048 --codebook-of $W/tokens_train.jsonl
 SYNTH=(--config examples/synthesize/mini.yaml --set indexed_tokenizer=$W/lm_tokenizer)
 $PY tools/synthesize_interleaved.py "${SYNTH[@]}"
 $PY tools/synthesize_interleaved.py "${SYNTH[@]}" --finalize

@@ -16,10 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from megatron_speech.data.corpus import CorpusError, check_unicode, text_field
+from megatron_speech.data.speech_tokens import SPEECH_FIELD
 from megatron_speech.lm_tokenizer import AudioSegment, Segment, SpeechTextTokenizer, TextSegment
 
 LAYOUTS = ("text", "speech", "asr", "tts", "interleaved")
-SPEECH_FIELD = "speech_tokens"  # contract 2: the speech tokenizer's codebook indices
 
 
 def _codes(value: object, codebook_size: int, path, number: int, where: str) -> tuple[int, ...]:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from megatron_speech import jobs
-from megatron_speech.data import indexed
+from megatron_speech.data import indexed, speech_tokens
 from megatron_speech.data.corpus import CorpusError, EmptyCorpusError, read_records
 from megatron_speech.data.layouts import LAYOUTS, layout_ids, parse_record
 from megatron_speech.lm_tokenizer import AudioSegment, Segment, SpeechTextTokenizer
@@ -194,6 +194,7 @@ def preprocess(config: PreprocessConfig) -> dict:
     unless ``on_error='skip'``, leaving complete shards for the rerun; ``jobs.JobError`` when
     another job's shards are at this prefix or another process is running this job."""
     tokenizer = SpeechTextTokenizer.load(config.tokenizer)
+    speech_tokenizers = _check_speech_tokens(config, tokenizer)
     job = _job(config, tokenizer)
     prefix = config.output_prefix
     try:
@@ -214,13 +215,23 @@ def preprocess(config: PreprocessConfig) -> dict:
         else:
             results = jobs.execute(chunks, functools.partial(_run_chunk, config, job), desc=desc, postfix=_throughput,
                                    workers=config.workers, initializer=_init_worker, initargs=(config.tokenizer,))
-        stats = _merge(config, job, chunks, results, tokenizer, time.perf_counter() - started)
+        stats = _merge(config, job, chunks, results, tokenizer, time.perf_counter() - started, speech_tokenizers)
     shutil.rmtree(job.folder)
     return stats
 
 
+def _check_speech_tokens(config: PreprocessConfig, tokenizer: SpeechTextTokenizer) -> list[dict]:
+    """Contract 2: speech-token inputs whose recorded tokenizer has another codebook size than the
+    LM tokenizer's are refused before anything is written; the records go into the metadata."""
+    if config.layout not in ("speech", "asr", "tts"):
+        return []
+    infos = [speech_tokens.check_codebook(path, tokenizer.codebook_size, f"the LM tokenizer {config.tokenizer}")
+             for path in config.inputs]
+    return [info for info in infos if info is not None]
+
+
 def _merge(config: PreprocessConfig, job: jobs.Job, chunks: list[jobs.Chunk], results: dict[int, dict],
-           tokenizer: SpeechTextTokenizer, elapsed: float) -> dict:
+           tokenizer: SpeechTextTokenizer, elapsed: float, speech_tokenizers: list[dict]) -> dict:
     from megatron_speech import _C
 
     prefix = config.output_prefix
@@ -256,6 +267,7 @@ def _merge(config: PreprocessConfig, job: jobs.Job, chunks: list[jobs.Chunk], re
         "vocab_size": tokenizer.vocab_size,
         "dtype": np.dtype(dtype).name,
         "sources": list(config.inputs),
+        "speech_tokenizers": speech_tokenizers,
         "num_tokens": stats["tokens"],
         "job_fingerprint": job.fingerprint,
         "stats": {k: v for k, v in stats.items() if k != "seconds"},

@@ -7,6 +7,7 @@ one (``whisper_model.WhisperSpeechTokenizerModel``) answer the same calls (``tok
 
 from __future__ import annotations
 
+import hashlib
 import tarfile
 from pathlib import Path
 
@@ -45,3 +46,15 @@ def nemo_model_type(path: str | Path) -> str:
 def load_speech_tokenizer(path: str | Path):
     """The speech tokenizer in a ``.nemo`` file (either kind), on the CPU, in eval mode."""
     return model_class(nemo_model_type(path)).restore_from(str(path), map_location="cpu").eval()
+
+
+def describe(path: str | Path, model) -> dict:
+    """What contract 2 records beside a token file: which tokenizer (``model``, restored from
+    ``path``) made the codes, at what rate, from how many, and a fingerprint of the ``.nemo``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return {"name": Path(path).stem, "model_type": nemo_model_type(path), "token_rate": model.token_rate,
+            "codebook_size": int(model.quantizer.num_codes), "fingerprint": digest.hexdigest()[:16],
+            "model": str(path)}

@@ -88,6 +88,10 @@ class SpeechTokenizerModel(ModelPT):
 
     # ------------------------------------------------------------------ the model
 
+    @property
+    def token_rate(self) -> float:
+        return float(self.cfg.token_rate)
+
     def token_lengths(self, num_samples: torch.Tensor) -> torch.Tensor:
         return torch.div(num_samples, self.samples_per_token, rounding_mode="floor")
 

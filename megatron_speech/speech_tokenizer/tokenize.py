@@ -1,5 +1,8 @@
 """Manifest of speech -> jsonl of ``{id, text, speech_tokens}``: the preprocessing tool's input.
 
+Contract 2 (``data.speech_tokens``): the tokenizer that made the codes is recorded beside the output
+(``<output>.speech_tokenizer.json``), written before the output is renamed into place.
+
 A job of ``megatron_speech.jobs`` in the folder ``<output>.shards/``, like preprocessing and
 synthesis: the manifest is cut into chunks, each chunk's utterances are tokenized in batches into
 ``parts/NNNNN.jsonl``, and when every chunk is complete the parts are joined in order into
@@ -21,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megatron_speech import jobs
+from megatron_speech.data import speech_tokens
 from megatron_speech.data.corpus import CorpusError, read_records
 from megatron_speech.speech.audio import load_audio, pad_batch
+from megatron_speech.speech_tokenizer import load
 
 
 @dataclass
@@ -79,20 +84,20 @@ def _write_batch(out, model, batch: list[tuple[dict, object]]) -> int:
         return 0
     codes = model.tokenize(*pad_batch([audio for _, audio in batch]))
     for (line, _), tokens in zip(batch, codes):
-        record = {"id": line.get("id", line["audio_filepath"]), "text": line.get("text", ""), "speech_tokens": tokens}
+        record = {"id": line.get("id", line["audio_filepath"]), "text": line.get("text", ""),
+                  speech_tokens.SPEECH_FIELD: tokens}
         out.write(json.dumps(record) + "\n")
     return len(batch)
 
 
 def _load_model(path: str):
-    from megatron_speech.speech_tokenizer.load import load_speech_tokenizer
-
-    return load_speech_tokenizer(path)
+    return load.load_speech_tokenizer(path)
 
 
-def tokenize_manifest(config: TokenizeConfig, model=None) -> dict:
+def tokenize_manifest(config: TokenizeConfig, model=None, info: dict | None = None) -> dict:
     """Run (or finish) this shard of the job; returns counts. ``model`` may be passed in (tests),
-    else it is restored from ``config.model`` when there is work to do."""
+    else it is restored from ``config.model`` when there is work to do; ``info``, the record of the
+    tokenizer written beside the output, is by default ``load.describe`` of ``config.model``."""
     output = Path(config.output)
     if output.exists():
         return {"written": sum(1 for _ in output.open()), "skipped": 0, "already_done": True}
@@ -112,7 +117,7 @@ def tokenize_manifest(config: TokenizeConfig, model=None) -> dict:
     summary = {"written": total.get("written", 0), "skipped": total.get("skipped", 0), "already_done": False,
                "chunks_done_now": len(mine)}
     if not job.missing(chunks):
-        _join(job, chunks, output)
+        _join(job, chunks, output, lambda: info or load.describe(config.model, model or _load_model(config.model)))
     return summary
 
 
@@ -120,11 +125,13 @@ def _progress(total: dict, elapsed: float) -> str:
     return f"{total.get('written', 0) / elapsed:,.1f} utt/s, {total.get('skipped', 0)} skipped"
 
 
-def _join(job: jobs.Job, chunks: list[jobs.Chunk], output: Path) -> None:
-    """Every chunk is complete: the parts in order become ``output``, errors ``<output>.errors.jsonl``."""
+def _join(job: jobs.Job, chunks: list[jobs.Chunk], output: Path, describe) -> None:
+    """Every chunk is complete: the parts in order become ``output``, errors ``<output>.errors.jsonl``,
+    and ``describe()`` (the tokenizer's record) ``<output>.speech_tokenizer.json``."""
     with job.lock("join"):
         if output.exists():
             return
+        speech_tokens.write_info(output, describe())
         tmp = output.with_name(f"{output.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as out:
             for chunk in chunks:

@@ -141,6 +141,10 @@ class WhisperSpeechTokenizerModel(ModelPT):
     def quantizer(self):
         return self.net.quantizer
 
+    @property
+    def token_rate(self) -> float:
+        return self.settings.token_rate
+
     # ------------------------------------------------------------------ the model
 
     def features(self, audio: torch.Tensor, audio_lengths: torch.Tensor):
