@@ -20,6 +20,7 @@ from megatron_speech.data.speech_tokens import SPEECH_FIELD
 from megatron_speech.lm_tokenizer import AudioSegment, Segment, SpeechTextTokenizer, TextSegment
 
 LAYOUTS = ("text", "speech", "asr", "tts", "interleaved")
+SPEECH_TOKEN_LAYOUTS = ("speech", "asr", "tts")  # read speech-token jsonl (contract 2)
 
 
 def _codes(value: object, codebook_size: int, path, number: int, where: str) -> tuple[int, ...]:

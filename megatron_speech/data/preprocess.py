@@ -26,7 +26,7 @@ import numpy as np
 from megatron_speech import jobs
 from megatron_speech.data import indexed, speech_tokens
 from megatron_speech.data.corpus import CorpusError, EmptyCorpusError, read_records
-from megatron_speech.data.layouts import LAYOUTS, layout_ids, parse_record
+from megatron_speech.data.layouts import LAYOUTS, SPEECH_TOKEN_LAYOUTS, layout_ids, parse_record
 from megatron_speech.lm_tokenizer import AudioSegment, Segment, SpeechTextTokenizer
 
 
@@ -223,7 +223,7 @@ def preprocess(config: PreprocessConfig) -> dict:
 def _check_speech_tokens(config: PreprocessConfig, tokenizer: SpeechTextTokenizer) -> list[dict]:
     """Contract 2: speech-token inputs whose recorded tokenizer has another codebook size than the
     LM tokenizer's are refused before anything is written; the records go into the metadata."""
-    if config.layout not in ("speech", "asr", "tts"):
+    if config.layout not in SPEECH_TOKEN_LAYOUTS:
         return []
     infos = [speech_tokens.check_codebook(path, tokenizer.codebook_size, f"the LM tokenizer {config.tokenizer}")
              for path in config.inputs]

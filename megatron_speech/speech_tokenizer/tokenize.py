@@ -90,10 +90,6 @@ def _write_batch(out, model, batch: list[tuple[dict, object]]) -> int:
     return len(batch)
 
 
-def _load_model(path: str):
-    return load.load_speech_tokenizer(path)
-
-
 def tokenize_manifest(config: TokenizeConfig, model=None, info: dict | None = None) -> dict:
     """Run (or finish) this shard of the job; returns counts. ``model`` may be passed in (tests),
     else it is restored from ``config.model`` when there is work to do; ``info``, the record of the
@@ -107,7 +103,7 @@ def tokenize_manifest(config: TokenizeConfig, model=None, info: dict | None = No
     mine = jobs.shard_chunks(chunks, config.shard_index, config.num_shards)
     with job.lock(f"shard-{config.shard_index}-of-{config.num_shards}"):
         if job.missing(mine):
-            model = (model or _load_model(config.model)).eval()
+            model = (model or load.load_speech_tokenizer(config.model)).eval()
 
         def run_one(chunk: jobs.Chunk) -> dict:
             return job.run_chunk(chunk, ("jsonl",), lambda tmp: _tokenize_chunk(config, model, chunk, tmp))
@@ -117,7 +113,10 @@ def tokenize_manifest(config: TokenizeConfig, model=None, info: dict | None = No
     summary = {"written": total.get("written", 0), "skipped": total.get("skipped", 0), "already_done": False,
                "chunks_done_now": len(mine)}
     if not job.missing(chunks):
-        _join(job, chunks, output, lambda: info or load.describe(config.model, model or _load_model(config.model)))
+        def describe() -> dict:
+            return info or load.describe(config.model, model or load.load_speech_tokenizer(config.model))
+
+        _join(job, chunks, output, describe)
     return summary
 
 
