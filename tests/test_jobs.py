@@ -9,7 +9,6 @@ is the job around the model, and these tests take seconds.
 import fcntl
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from megatron_speech.speech_tokenizer.tokenize import TokenizeConfig, tokenize_m
 from megatron_speech.synthesis.generate import SpanResult
 from megatron_speech.synthesis.pipeline import SynthesisConfig, run_shard
 from megatron_speech.testing.multiprocess import alive
+from megatron_speech.testing.tiny import FixedRateSpeechModel
 
 
 class OneCodeAWord:
@@ -29,18 +29,6 @@ class OneCodeAWord:
 
     def generate(self, texts, seeds):
         return [SpanResult(tuple(len(w) % 8 for w in t.split()), 1) for t in texts]
-
-
-class FixedRateSpeechModel:
-    """A stand-in speech tokenizer model with the interface tokenize_manifest uses."""
-
-    cfg = SimpleNamespace(sample_rate=16000)
-
-    def eval(self):
-        return self
-
-    def tokenize(self, audio, lengths):
-        return [[0] * (int(n) // 1280) for n in lengths]
 
 
 # ---- one stage each, run the same way ----------------------------------------------------------
@@ -60,8 +48,8 @@ def stages(tmp_path, speech_tokenizer):
         return run_shard(config, generator=OneCodeAWord())
 
     def run_tokenize(inputs: Path, out: Path, **kw):
-        info = {"name": "fixed", "model_type": "conformer", "token_rate": 12.5, "codebook_size": 1, "fingerprint": "f"}
-        return tokenize_manifest(TokenizeConfig(str(inputs), str(out), "unused.nemo", **kw), FixedRateSpeechModel(), info)
+        model = FixedRateSpeechModel()
+        return tokenize_manifest(TokenizeConfig(str(inputs), str(out), "unused.nemo", **kw), model, model.info)
 
     return {
         "preprocessing": (run_preprocess, lambda out: Path(f"{out}.shards"), {"text": "one two three four"}),

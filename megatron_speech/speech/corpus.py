@@ -24,16 +24,12 @@ import hashlib
 import json
 import random
 import wave
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from megatron_speech import atomic
 from megatron_speech.speech.text import normalize_text, wordnet_sentences
-from megatron_speech.speech.voices import (DEFAULT_VOICES, Style, Utterance, VoiceVariation, batches, check_voice,
-                                           synthesize)
+from megatron_speech.speech.voices import DEFAULT_VOICES, Style, Utterance, VoiceVariation, check_voice, speak_missing
 
 MANIFESTS = ("train", "dev", "test", "dev_heldout_voice", "test_heldout_voice")
 
@@ -93,7 +89,7 @@ def _style(config: SpeechCorpusConfig, sentence_id: str, voice: str) -> Style:
     return Style.draw(config.variation, f"{config.seed}:{sentence_id}:{voice}", voice)
 
 
-def _manifest_line(utterance: Utterance, root: Path) -> dict:
+def manifest_line(utterance: Utterance, root: Path) -> dict:
     path = utterance.wav_path(root)
     with wave.open(str(path), "rb") as w:
         duration = w.getnframes() / w.getframerate()
@@ -108,18 +104,15 @@ def build_corpus(config: SpeechCorpusConfig, sentences: list[str] | None = None)
     root.mkdir(parents=True, exist_ok=True)
     sentences = sentences if sentences is not None else wordnet_sentences(config.min_words, config.max_words)
     utterances = plan(config, sentences)
-    todo = [u for u in utterances if not u.wav_path(root).exists()]
-    with ThreadPoolExecutor(config.workers) as pool, tqdm(total=len(todo), desc="synthesize", unit="utt") as bar:
-        for done in pool.map(lambda batch: synthesize(batch, root, config.sample_rate) or len(batch), batches(todo)):
-            bar.update(done)
+    spoken = speak_missing(utterances, root, config.sample_rate, config.workers)
     counts = {}
     for name in MANIFESTS:
-        lines = [_manifest_line(u, root) for u in utterances if u.manifest == name]
+        lines = [manifest_line(u, root) for u in utterances if u.manifest == name]
         atomic.write_text(root / f"{name}.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
         counts[name] = {"utterances": len(lines), "hours": round(sum(x["duration"] for x in lines) / 3600, 3)}
     fingerprint = hashlib.sha256("\n".join(f"{u.id}|{u.voice}{u.style.tag}|{u.text}" for u in utterances).encode()).hexdigest()
     summary = {"config": asdict(config), "counts": counts, "plan_sha256": fingerprint,
                "text_source": "WordNet 3.0 usage examples (WordNet licence, Princeton University)",
-               "synthesized_now": len(todo)}
+               "synthesized_now": spoken}
     atomic.write_json(root / "corpus.json", summary)
     return summary

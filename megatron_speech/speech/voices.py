@@ -144,6 +144,20 @@ def synthesize(utterances: list[Utterance], root: Path, sample_rate: int) -> Non
             write_wav(utterance.wav_path(root), samples, sample_rate)
 
 
+def speak_missing(utterances: list[Utterance], root: Path, sample_rate: int, workers: int) -> int:
+    """Speak every utterance whose wav is missing, ``workers`` engine processes at a time, with a
+    progress bar; returns how many were spoken. Finished wavs are kept, so a rerun resumes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    todo = [u for u in utterances if not u.wav_path(root).exists()]
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(todo), desc="synthesize", unit="utt") as bar:
+        for done in pool.map(lambda batch: synthesize(batch, root, sample_rate) or len(batch), batches(todo)):
+            bar.update(done)
+    return len(todo)
+
+
 def batches(utterances: list[Utterance]) -> list[list[Utterance]]:
     """Work items for the pool: each voice's utterances, as many as one process of its engine speaks."""
     by_voice: dict[str, list[Utterance]] = {}

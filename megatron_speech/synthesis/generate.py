@@ -1,14 +1,9 @@
 """Text → speech tokens with the text-to-token model: batched, KV-cached, checked, reproducible.
 
 The prompt is the TTS sample layout up to the audio (``<eod> text <|begin_of_audio|>``; the leading
-end-of-document is what precedes every document in a packed training sequence). Decoding uses
-Megatron-Core's own static-batch KV cache (``StaticInferenceContext``) on the project's model, so a
-GPU run uses the same attention kernels as training.
-
-Batching rule (Megatron's static engine does the same): prompts are right-padded, the batch is
-prefilled up to its shortest prompt, and from there one position a step is fed for every row; a row
-still inside its prompt takes its prompt token instead of the sampled one. No padding masks are
-needed, and a row's tokens never depend on the other rows. Spans are sorted by prompt length into
+end-of-document is what precedes every document in a packed training sequence). Decoding is
+``models.decoding``'s static-batch loop on Megatron-Core's KV cache (a row's tokens never depend
+on the other rows). Spans are sorted by prompt length into
 batches, so little work is spent on prompts of unequal length.
 
 Every span has its own random generator (seeded by the caller), so sampled output is independent of
@@ -24,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from megatron_speech.models.decoding import decode_batch
 from megatron_speech.speech.text import normalize_text
 from megatron_speech.lm_tokenizer import SpeechTextTokenizer
 
@@ -72,8 +68,6 @@ class SpanGenerator:
     by running many replicas over disjoint shards, not by splitting the model."""
 
     def __init__(self, model, tokenizer: SpeechTextTokenizer, config: GenerationConfig) -> None:
-        if not (model.pre_process and model.post_process):
-            raise ValueError("synthesis needs the whole model in one process (pipeline size 1)")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = config
@@ -137,47 +131,13 @@ class SpanGenerator:
 
     # ---- one static batch ---------------------------------------------------------------------
 
-    @torch.no_grad()
     def decode(self, prompts: list[list[int]], max_new: list[int], seeds: list[int]) -> list[list[int]]:
         """Generated ids for each prompt: up to and including ``<|end_of_audio|>``, or ``max_new``
-        ids when it never came."""
-        from megatron.core.inference.contexts import StaticInferenceContext
-
-        batch = len(prompts)
-        lengths = torch.tensor([len(p) for p in prompts])
-        total = int(max(len(p) + m for p, m in zip(prompts, max_new)))
-        tokens = torch.full((batch, total), self.tokenizer.pad, dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            tokens[row, : len(prompt)] = torch.tensor(prompt)
-        tokens = tokens.to(self.device)
-        positions = torch.arange(total, device=self.device).expand(batch, total)
+        ids when it never came (``models.decoding``, the loop evaluation uses too)."""
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        context = StaticInferenceContext(batch, total)
-        start = int(lengths.min())
-        logits = self._forward(tokens[:, :start], positions[:, :start], context)
-        out: list[list[int]] = [[] for _ in range(batch)]
-        done = [False] * batch
-        for t in range(start, total):
-            active = [not done[row] and t >= lengths[row] for row in range(batch)]
-            chosen = self._choose(logits, generators, active)
-            for row in range(batch):
-                if not active[row]:
-                    continue
-                token = int(chosen[row])
-                tokens[row, t] = token
-                out[row].append(token)
-                ended = token == self.tokenizer.eoa and not self.config.ignore_end_of_audio
-                done[row] = ended or len(out[row]) >= max_new[row]
-            if all(done) or t + 1 == total:
-                break
-            logits = self._forward(tokens[:, t: t + 1], positions[:, t: t + 1], context)
-        return out
-
-    def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, context) -> torch.Tensor:
-        """Next-token logits [batch, vocab] after ``tokens``; advances the KV cache."""
-        logits = self.model(tokens, positions, None, inference_context=context, runtime_gather_output=True)
-        context.sequence_len_offset += tokens.shape[1]
-        return logits[:, -1, : self.tokenizer.vocab_size].float()
+        stop = () if self.config.ignore_end_of_audio else (self.tokenizer.eoa,)
+        return decode_batch(self.model, prompts, max_new, lambda logits, active: self._choose(logits, generators, active),
+                            stop, self.tokenizer.pad, self.tokenizer.vocab_size)
 
     def _choose(self, logits: torch.Tensor, generators: list[torch.Generator], active: list[bool]) -> list[int]:
         """The next token of each active row (-1 for the others). Only active rows draw from their

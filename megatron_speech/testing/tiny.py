@@ -4,6 +4,7 @@ model learns in 150 steps. Importable, so the worker processes tests start can u
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -44,6 +45,19 @@ def tts_records(codebook_size: int, count: int) -> list[dict]:
             start += n
             records.append({"text": " ".join(chunk), "speech_tokens": [word_code(w, codebook_size) for w in chunk]})
     return records
+
+
+class FixedRateSpeechModel:
+    """A stand-in speech tokenizer with the interface the tokenize job uses: one code (0) per 80 ms."""
+
+    cfg = SimpleNamespace(sample_rate=16000)
+    info = {"name": "fixed", "model_type": "conformer", "token_rate": 12.5, "codebook_size": 1, "fingerprint": "f"}
+
+    def eval(self):
+        return self
+
+    def tokenize(self, audio, lengths):
+        return [[0] * (int(n) // 1280) for n in lengths]
 
 
 def train_in_process(values: dict) -> None:
