@@ -342,3 +342,15 @@ def test_a_spoken_task_from_recorded_audio(tmp_path):
     manifest.write_text(json.dumps({"audio_filepath": "q2.wav", "item": "q9", "field": "question"}) + "\n")
     with pytest.raises(CorpusError, match=r"recorded\.jsonl:1: item 'q9' has no field 'question'"):
         build_spoken_task(config, model, model.info)
+
+
+def test_the_example_config_parses_and_a_wrong_key_is_named():
+    from megatron_speech import config_loader
+    from megatron_speech.evaluation.run import EvalConfig
+
+    config = config_loader.load(EvalConfig, REPO / "examples/evaluate/example.yaml")
+    assert [t.name for t in config.tasks] == ["story_cloze", "spoken_qa"] and config.model.checkpoint
+    with pytest.raises(config_loader.ConfigError, match=r"tasks\[0\]\.modality"):
+        config_loader.load(EvalConfig, REPO / "examples/evaluate/example.yaml", ["tasks=[{name: a, file: b, modality: [s2s]}]"])
+    with pytest.raises(config_loader.ConfigError, match="unknown modality 's2x'"):
+        config_loader.load(EvalConfig, REPO / "examples/evaluate/example.yaml", ["tasks=[{name: a, file: b, modalities: [s2x]}]"])
