@@ -214,6 +214,8 @@ class ScriptedModel(torch.nn.Module):
         self.vocab_size, self.prompt_length, self.script = vocab_size, prompt_length, script
 
     def forward(self, tokens, positions, mask, inference_context=None, runtime_gather_output=True):
+        if tokens.shape[1] > 1:
+            self.prefilled = tokens[0].tolist()
         logits = torch.zeros(tokens.shape[0], tokens.shape[1], self.vocab_size)
         for i, position in enumerate(positions[0].tolist()):
             step = position + 1 - self.prompt_length
@@ -246,6 +248,46 @@ def test_qa_answers_stop_at_the_right_token_and_known_answers_score_right(speech
     assert not qa.contains_answer("Parisian food", ("paris",))
     results = [qa.item_result(QAItem("a", "q", ("Paris",)), "paris"), qa.item_result(QAItem("b", "q", ("Lima",)), "no")]
     assert qa.summarize(results) == {"items": 2, "exact_match": 0.5, "contains": 0.5}
+
+
+class SpokenAnswers:
+    """A stand-in speech tokenizer: transcribes any spoken answer as the codes' count in words."""
+
+    def transcribe_tokens(self, codes):
+        return [f"{len(c)} codes" for c in codes]
+
+
+def test_a_qa_task_runs_with_few_shot_prompts_and_spoken_answers(speech_tokenizer, tmp_path):
+    from megatron_speech.evaluation.model import ModelSource
+    from megatron_speech.evaluation.run import EvalConfig, Evaluator, TaskConfig
+
+    tok = speech_tokenizer
+    records = [{"id": "s", "question": "capital of peru", "answers": ["lima"], "question_speech_tokens": [5],
+                "answers_speech_tokens": [[6, 6]]},
+               {"id": "q", "question": "capital of france", "answers": ["paris", "2 codes"],
+                "question_speech_tokens": [7, 8]}]
+    (tmp_path / "shots.jsonl").write_text(json.dumps(records[0]) + "\n")
+    (tmp_path / "qa.jsonl").write_text(json.dumps(records[1]) + "\n")
+    task = TaskConfig("qa", str(tmp_path / "qa.jsonl"), ["s2t", "s2s"], template="Q: {question}\nA:", few_shot=1,
+                      shots_file=str(tmp_path / "shots.jsonl"))
+    _, (shot,) = read_task(tmp_path / "shots.jsonl")
+    _, (item,) = read_task(tmp_path / "qa.jsonl")
+    model = ScriptedModel(tok.vocab_size, 0, [])
+    evaluator = Evaluator(EvalConfig(ModelSource(hf="unused"), [task]), model, tok, 512, SpokenAnswers())
+    text_prompt = qa_prompt(item, "s2t", tok, task.template, [shot])
+    model.prompt_length, model.script = len(text_prompt), tok.tokenize(" Paris") + tok.tokenize("\n")
+    first = evaluator.qa(task, [item], "s2t", [shot])[0][0]
+    assert model.prefilled == text_prompt and first["prediction"] == "Paris" and first["exact_match"]
+    spoken_prompt = qa_prompt(item, "s2s", tok, task.template, [shot])
+    model.prompt_length, model.script = len(spoken_prompt), [tok.audio_offset + 3, tok.audio_offset + 4, tok.eoa]
+    results, summary = evaluator.qa(task, [item], "s2s", [shot])
+    assert model.prefilled == spoken_prompt and spoken_prompt[-1] == tok.boa
+    assert results[0]["prediction"] == "2 codes" and results[0]["speech_tokens"] == 2 and summary["exact_match"] == 1.0
+    # run_task reads the shots file and runs every modality; a shot without the speech S→S needs is refused
+    assert set(evaluator.run_task(task)["modalities"]) == {"s2t", "s2s"}
+    (tmp_path / "shots.jsonl").write_text(json.dumps({**records[0], "question_speech_tokens": None}) + "\n")
+    with pytest.raises(ValueError, match="shots.jsonl: item 's' has no question_speech_tokens"):
+        evaluator.run_task(task)
 
 
 # ---- task files ---------------------------------------------------------------------------------

@@ -88,14 +88,16 @@ class Evaluator:
 
     # ---- a task ---------------------------------------------------------------------------------
 
-    def read(self, task: TaskConfig):
-        kind, items = read_task(task.file, self.tokenizer.codebook_size)
-        items = items[: task.limit] if task.limit else items
-        self._check_speech_tokenizer(task.file)
+    def read(self, task: TaskConfig, path: str | None = None, limit: int | None = None):
+        """(kind, items) of the task's file (or its shots file), checked for the speech its modalities need."""
+        path = path or task.file
+        kind, items = read_task(path, self.tokenizer.codebook_size)
+        items = items[:limit] if limit else items
+        self._check_speech_tokenizer(path)
         for modality in task.modalities:
             lacking = next(((i, m) for i in items if (m := missing_speech(i, modality))), None)
             if lacking:
-                raise ValueError(f"{task.file}: item {lacking[0].id!r} has no {lacking[1]}_tokens, which "
+                raise ValueError(f"{path}: item {lacking[0].id!r} has no {lacking[1]}_tokens, which "
                                  f"{ARROWS[modality]} needs (build the spoken task with tools/build_spoken_task.py)")
         return kind, items
 
@@ -108,14 +110,15 @@ class Evaluator:
                                  self.config.speech_tokenizer)
 
     def run_task(self, task: TaskConfig) -> dict:
-        kind, items = self.read(task)
+        kind, items = self.read(task, limit=task.limit)
+        shots = self.read(task, task.shots_file, task.few_shot)[1] if task.few_shot else []
         report = {"kind": kind, "file": task.file, "modalities": {}}
         for modality in task.modalities:
             started = time.perf_counter()
             if kind == LIKELIHOOD:
                 results, summary = self.likelihood(task, items, modality)
             else:
-                results, summary = self.qa(task, items, modality)
+                results, summary = self.qa(task, items, modality, shots)
             seconds = time.perf_counter() - started
             report["modalities"][modality] = {**summary, "seconds": round(seconds, 3),
                                               "items_per_s": round(len(items) / seconds, 3), "results": results}
@@ -133,11 +136,7 @@ class Evaluator:
             at += len(per_item)
         return results, likelihood.summarize(results)
 
-    def qa(self, task: TaskConfig, items: list[QAItem], modality: str):
-        shots = []
-        if task.few_shot:
-            _, shots = read_task(task.shots_file, self.tokenizer.codebook_size)
-            shots = shots[: task.few_shot]
+    def qa(self, task: TaskConfig, items: list[QAItem], modality: str, shots: list[QAItem]):
         prompts = [qa_prompt(item, modality, self.tokenizer, task.template, shots) for item in items]
         generator = self.answers(task)
         with _progress(len(prompts), f"{task.name} {ARROWS[modality]}", "questions") as bar:
@@ -162,7 +161,11 @@ class Evaluator:
 
 
 def _progress(total: int, what: str, unit: str):
-    return tqdm(total=total, desc=what, unit=unit, mininterval=2.0)
+    """A progress bar with items/s, on the first rank only (every rank does the same work)."""
+    import torch.distributed as dist
+
+    quiet = dist.is_initialized() and dist.get_rank() != 0
+    return tqdm(total=total, desc=what, unit=unit, mininterval=2.0, disable=quiet)
 
 
 def evaluate(config: EvalConfig, evaluator: Evaluator | None = None) -> dict:
