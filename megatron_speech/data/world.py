@@ -1,0 +1,214 @@
+"""A small fictional world, deterministic by seed: the knowledge the paper-in-miniature measures.
+
+The paper's claim is that interleaved data carries a text LM's knowledge into speech. To see it on
+a laptop the knowledge must be known exactly, absent from every other corpus, and stated in text
+only: a knowledge base of fictional people (name, birthplace, birth year, job, a sibling, a pet),
+rendered as varied English prose (biographies and encyclopedic sentences about places), plus
+
+- questions about the same facts in phrasings the prose never uses (``qa.jsonl``, contract 9), so
+  answering is recall of a fact, not completion of a memorised sentence;
+- short stories with a coherent and an incoherent ending (``cloze.jsonl``, contract 9), a
+  StoryCloze-like test of plain language sense.
+
+Everything is a function of ``WorldConfig`` (names and places are built from syllables by the seed).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from megatron_speech import atomic
+
+FIRST_NAMES = ("Alma", "Boris", "Clara", "Dorian", "Edith", "Felix", "Greta", "Hugo", "Ines", "Jonas", "Karla",
+               "Lionel", "Mira", "Nestor", "Olga", "Pavel", "Rosa", "Silas", "Tilda", "Viktor", "Wanda", "Yusuf",
+               "Zelda", "Anton", "Bettina", "Cyril", "Dagny", "Emil", "Frida", "Gustav")
+FEMALE = {"Alma", "Clara", "Edith", "Greta", "Ines", "Karla", "Mira", "Olga", "Rosa", "Tilda", "Wanda", "Zelda",
+          "Bettina", "Dagny", "Frida"}
+SYLLABLES = ("bar", "ken", "lor", "mi", "dun", "sa", "vel", "tor", "ra", "quin", "bel", "gro", "ny", "fen", "os",
+             "wick", "ta", "mor", "lin", "dra")
+JOBS = ("baker", "carpenter", "doctor", "fisherman", "gardener", "jeweller", "librarian", "miner", "nurse",
+        "painter", "pilot", "potter", "sailor", "tailor", "teacher", "weaver")
+PETS = ("a cat", "a dog", "a parrot", "a goat", "a tortoise", "a rabbit", "a horse", "a hedgehog")
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    people: int = 200
+    places: int = 24
+    seed: int = 0
+    stories: int = 200
+    first_year: int = 1850
+    last_year: int = 1950
+
+    def __post_init__(self) -> None:
+        if self.people < 2 or self.people % 2:
+            raise ValueError(f"people must be an even number of at least 2 (siblings come in pairs), got {self.people}")
+        if self.places < 1 or self.stories < 0 or self.first_year > self.last_year:
+            raise ValueError("need places >= 1, stories >= 0 and first_year <= last_year")
+
+
+@dataclass(frozen=True)
+class Person:
+    name: str
+    female: bool
+    birthplace: str
+    year: int
+    job: str
+    sibling: str
+    pet: str
+
+    @property
+    def pronoun(self) -> str:
+        return "she" if self.female else "he"
+
+    @property
+    def possessive(self) -> str:
+        return "her" if self.female else "his"
+
+    @property
+    def objective(self) -> str:
+        return "her" if self.female else "him"
+
+
+def _place_names(rng: random.Random, count: int) -> list[str]:
+    names: set[str] = set()
+    while len(names) < count:
+        names.add("".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize())
+    return sorted(names)
+
+
+def _people(config: WorldConfig, rng: random.Random, places: list[str]) -> list[Person]:
+    """Pairs of siblings (a family name each, two first names), every fact drawn by the seed."""
+    surnames: set[str] = set()
+    while len(surnames) < (config.people + 1) // 2:
+        surnames.add("".join(rng.choice(SYLLABLES) for _ in range(2)).capitalize() + rng.choice(("son", "er", "ov", "i", "a")))
+    pairs = [[f"{first} {surname}" for first in rng.sample(FIRST_NAMES, 2)] for surname in sorted(surnames)]
+    people = []
+    for a, b in pairs:
+        for name, sibling in ((a, b), (b, a)):
+            people.append(Person(name, name.split()[0] in FEMALE, rng.choice(places),
+                                 rng.randint(config.first_year, config.last_year), rng.choice(JOBS), sibling,
+                                 rng.choice(PETS)))
+    rng.shuffle(people)
+    return people
+
+
+# ---- prose: the only place facts are stated -----------------------------------------------------
+
+BIOGRAPHY = (
+    "{name} was born in {birthplace} in {year}.",
+    "In {year}, {name} came into the world in the town of {birthplace}.",
+    "{birthplace} is where {name} was born, in the year {year}.",
+)
+WORK = (
+    "{Pronoun} worked as a {job} for most of {possessive} life.",
+    "By trade, {name} was a {job}.",
+    "People in {birthplace} knew {name} as a skilled {job}.",
+)
+FAMILY = (
+    "{Possessive} sibling was {sibling}.",
+    "{name} grew up with {sibling}, {possessive} sibling.",
+)
+PET = (
+    "{Pronoun} kept {pet} at home.",
+    "{name} owned {pet}, which followed {objective} everywhere.",
+)
+
+
+def _fill(template: str, p: Person) -> str:
+    return template.format(name=p.name, birthplace=p.birthplace, year=p.year, job=p.job, sibling=p.sibling, pet=p.pet,
+                           pronoun=p.pronoun, Pronoun=p.pronoun.capitalize(), possessive=p.possessive,
+                           Possessive=p.possessive.capitalize(), objective=p.objective)
+
+
+def biography(p: Person, rng: random.Random) -> str:
+    return " ".join(_fill(rng.choice(group), p) for group in (BIOGRAPHY, WORK, FAMILY, PET))
+
+
+def place_article(place: str, people: list[Person]) -> str:
+    """An encyclopedic paragraph about a place: the people born there, by name and trade."""
+    born = [p for p in people if p.birthplace == place]
+    if not born:
+        return f"{place} is a quiet town. No one of note was born there."
+    listed = "; ".join(f"{p.name}, a {p.job}, born in {p.year}" for p in born)
+    return f"{place} is a town of the region. Among the people born in {place} are {listed}."
+
+
+# ---- questions: phrasings the prose never uses -------------------------------------------------
+
+QUESTIONS = (
+    ("What is the birthplace of {name}?", "birthplace"),
+    ("In which year was {name} born?", "year"),
+    ("What was the profession of {name}?", "job"),
+    ("Which animal did {name} have as a pet?", "pet"),
+    ("Who was the sibling of {name}?", "sibling"),
+)
+
+
+def questions(p: Person) -> list[dict]:
+    out = []
+    for template, field in QUESTIONS:
+        answer = str(getattr(p, field))
+        answers = [answer, answer.removeprefix("a ")] if field == "pet" else [answer]
+        out.append({"question": template.format(name=p.name), "answers": answers, "fact": field, "person": p.name})
+    return out
+
+
+# ---- StoryCloze-like stories --------------------------------------------------------------------
+
+STORIES = (
+    ("{name} was very hungry after work. {Pronoun} walked into the kitchen. {Pronoun} opened the cupboard.",
+     "{Pronoun} made {objective}self a sandwich.", "{Pronoun} painted the ceiling blue."),
+    ("It started to rain heavily. {name} was far from home. {Pronoun} had no umbrella.",
+     "{Pronoun} got completely wet.", "{Pronoun} felt the hot sun burn {possessive} skin."),
+    ("{name} had an exam the next morning. {Pronoun} studied until midnight. {Pronoun} set an alarm.",
+     "{Pronoun} woke up early and went to the exam.", "{Pronoun} sold the alarm to a fisherman."),
+    ("{name} lost {possessive} keys. {Pronoun} searched the whole house. {Pronoun} looked under the sofa.",
+     "{Pronoun} found the keys there.", "{Pronoun} planted the sofa in the garden."),
+    ("The kettle began to whistle. {name} took a cup from the shelf. {Pronoun} chose a tea.",
+     "{Pronoun} poured the hot water into the cup.", "{Pronoun} poured the sand into the shoe."),
+    ("{name} saw a small bird fall from its nest. {Pronoun} picked it up gently. {Pronoun} found a ladder.",
+     "{Pronoun} put the bird back in its nest.", "{Pronoun} ate the ladder for lunch."),
+)
+
+
+def stories(people: list[Person], count: int, rng: random.Random) -> list[dict]:
+    out = []
+    for i in range(count):
+        person = people[i % len(people)]
+        context, good, bad = (_fill(t, person) for t in rng.choice(STORIES))
+        answer = rng.randrange(2)
+        candidates = [good, bad] if answer == 0 else [bad, good]
+        out.append({"id": f"story{i:05d}", "context": context, "candidates": candidates, "answer": answer})
+    return out
+
+
+# ---- the world ------------------------------------------------------------------------------------
+
+
+def build_world(config: WorldConfig) -> dict:
+    """The world's documents, questions and stories (a dict of lists of records)."""
+    rng = random.Random(config.seed)
+    places = _place_names(rng, config.places)
+    people = _people(config, rng, places)
+    documents = [{"id": f"bio{i:05d}", "text": biography(p, rng)} for i, p in enumerate(people)]
+    documents += [{"id": f"place{i:03d}", "text": place_article(place, people)} for i, place in enumerate(places)]
+    qa = [{"id": f"q{i:05d}", **q} for i, q in enumerate(q for p in people for q in questions(p))]
+    return {"facts": [asdict(p) for p in people], "corpus": documents, "qa": qa,
+            "cloze": stories(people, config.stories, rng)}
+
+
+def write_world(config: WorldConfig, output_dir: str | Path) -> dict:
+    """``facts.jsonl``, ``corpus.jsonl`` (text documents), ``qa.jsonl``, ``cloze.jsonl`` and
+    ``world.json`` (the config and counts), each written atomically; returns the counts."""
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    world = build_world(config)
+    for name, records in world.items():
+        atomic.write_text(output / f"{name}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    counts = {name: len(records) for name, records in world.items()}
+    atomic.write_json(output / "world.json", {"config": asdict(config), "counts": counts})
+    return counts
