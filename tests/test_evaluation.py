@@ -396,3 +396,25 @@ def test_the_example_config_parses_and_a_wrong_key_is_named():
         config_loader.load(EvalConfig, REPO / "examples/evaluate/example.yaml", ["tasks=[{name: a, file: b, modality: [s2s]}]"])
     with pytest.raises(config_loader.ConfigError, match="unknown modality 's2x'"):
         config_loader.load(EvalConfig, REPO / "examples/evaluate/example.yaml", ["tasks=[{name: a, file: b, modalities: [s2x]}]"])
+
+
+def test_the_evaluate_tool_prints_a_table_and_writes_the_report(prepared, story_model, tmp_path):
+    import yaml
+
+    root, _ = prepared
+    work, task, _ = story_model
+    values = _config(work, task, root)
+    values["tasks"][0]["modalities"] = ["s2t", "t2t"]
+    values["output"] = str(tmp_path / "report.json")
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(values))
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "evaluate.py"), "--config", str(tmp_path / "eval.yaml"),
+                             "--set", "tasks.0.limit=4"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode != 0 and "tasks.0" in result.stderr  # a list is not a section: named, not guessed
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "evaluate.py"), "--config", str(tmp_path / "eval.yaml"),
+                             "--set", "batch_size=3"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("cloze")]
+    assert [row[1] for row in rows] == ["S→T", "T→T"] and all(row[2] == "12" for row in rows)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report["tasks"]["cloze"]["modalities"]) == {"s2t", "t2t"}
+    assert len(report["tasks"]["cloze"]["modalities"]["t2t"]["results"]) == 12
