@@ -13,11 +13,9 @@ from __future__ import annotations
 import re
 import string
 
-import torch
-
 from megatron_speech.evaluation.tasks import QAItem
 from megatron_speech.lm_tokenizer import SpeechTextTokenizer
-from megatron_speech.models.decoding import decode_batch, greedy
+from megatron_speech.models.decoding import decode_batch, greedy, speech_ids, text_ids
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -47,11 +45,7 @@ class AnswerGenerator:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_text_tokens, self.max_speech_tokens = max_text_tokens, max_speech_tokens
-        ids = torch.arange(tokenizer.vocab_size)
-        self.text_allowed = ids < tokenizer.text_vocab_size  # text ids, and end-of-document to stop
-        self.text_allowed[tokenizer.eod] = True
-        self.speech_allowed = (ids >= tokenizer.audio_offset) & (ids < tokenizer.audio_offset + tokenizer.codebook_size)
-        self.speech_allowed[tokenizer.eoa] = True
+        self.text_allowed, self.speech_allowed = text_ids(tokenizer), speech_ids(tokenizer)
         self.text_stops = frozenset([tokenizer.eod, *self._newline_ids()])
 
     def _newline_ids(self) -> list[int]:

@@ -187,9 +187,3 @@ def table(report: dict) -> str:
             lines.append(f"{name:<20} {ARROWS[modality]:<8} {r['items']:>6}  {metric:<28} {r['items_per_s']:>8.2f}")
     return "\n".join(lines)
 
-
-def without_results(report: dict) -> dict:
-    """The report with the per-item results left out (what the table and comparisons read)."""
-    return {**report, "tasks": {name: {**task, "modalities": {m: {k: v for k, v in r.items() if k != "results"}
-                                                              for m, r in task["modalities"].items()}}
-                                for name, task in report["tasks"].items()}}

@@ -21,6 +21,21 @@ import torch
 Chooser = Callable[[torch.Tensor, list[bool]], list[int]]
 
 
+def speech_ids(tokenizer) -> torch.Tensor:
+    """Mask of the ids a speech continuation may use: the speech codes and ``<|end_of_audio|>``."""
+    ids = torch.arange(tokenizer.vocab_size)
+    allowed = (ids >= tokenizer.audio_offset) & (ids < tokenizer.audio_offset + tokenizer.codebook_size)
+    allowed[tokenizer.eoa] = True
+    return allowed
+
+
+def text_ids(tokenizer) -> torch.Tensor:
+    """Mask of the ids a text continuation may use: the text vocabulary and end-of-document."""
+    allowed = torch.arange(tokenizer.vocab_size) < tokenizer.text_vocab_size
+    allowed[tokenizer.eod] = True
+    return allowed
+
+
 def greedy(allowed: torch.Tensor | None = None) -> Chooser:
     """Arg-max over the ids where ``allowed`` (a bool mask over the vocabulary) is true, or all."""
 

@@ -12,8 +12,11 @@ import random
 import re
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from tqdm import tqdm
 
 from megatron_speech.speech.audio import read_wav, resample, write_wav
 
@@ -147,10 +150,6 @@ def synthesize(utterances: list[Utterance], root: Path, sample_rate: int) -> Non
 def speak_missing(utterances: list[Utterance], root: Path, sample_rate: int, workers: int) -> int:
     """Speak every utterance whose wav is missing, ``workers`` engine processes at a time, with a
     progress bar; returns how many were spoken. Finished wavs are kept, so a rerun resumes."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm import tqdm
-
     todo = [u for u in utterances if not u.wav_path(root).exists()]
     with ThreadPoolExecutor(workers) as pool, tqdm(total=len(todo), desc="synthesize", unit="utt") as bar:
         for done in pool.map(lambda batch: synthesize(batch, root, sample_rate) or len(batch), batches(todo)):

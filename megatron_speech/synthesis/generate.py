@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from megatron_speech.models.decoding import decode_batch
+from megatron_speech.models.decoding import decode_batch, speech_ids
 from megatron_speech.speech.text import normalize_text
 from megatron_speech.lm_tokenizer import SpeechTextTokenizer
 
@@ -72,11 +72,7 @@ class SpanGenerator:
         self.tokenizer = tokenizer
         self.config = config
         self.device = next(model.parameters()).device
-        vocab = tokenizer.vocab_size
-        self.allowed = torch.zeros(vocab, dtype=torch.bool)
-        self.allowed[tokenizer.audio_offset: tokenizer.audio_offset + tokenizer.codebook_size] = True
-        self.allowed[tokenizer.eoa] = True
-        self.allowed = self.allowed.to(self.device)
+        self.allowed = speech_ids(tokenizer).to(self.device)
 
     def spoken_text(self, text: str) -> str:
         return normalize_text(text) if self.config.normalize_text else text
