@@ -231,17 +231,17 @@ def test_qa_answers_stop_at_the_right_token_and_known_answers_score_right(speech
     newline = tok.tokenize("\n")
     junk = tok.tokenize(" and more")
     model = ScriptedModel(tok.vocab_size, len(prompt), answer + newline + junk)
-    generator = qa.AnswerGenerator(model, tok, max_text_tokens=20)
-    ids = generator.generate([prompt], speech=False, batch_size=4)[0]
+    generator = qa.AnswerGenerator(model, tok)
+    ids = generator.generate([prompt], speech=False, batch_size=4, limit=20)[0]
     assert ids == answer + newline and generator.text_of(ids) == "Paris"
     # ends at end-of-document too, which is not part of the answer
     model.script = answer + [tok.eod] + junk
-    assert generator.generate([prompt], speech=False, batch_size=4)[0] == answer
+    assert generator.generate([prompt], speech=False, batch_size=4, limit=20)[0] == answer
     # a spoken answer: codes up to <|end_of_audio|>; text ids are not allowed there
     spoken = prompt + [tok.boa]
     model.prompt_length = len(spoken)
     model.script = [tok.audio_offset + 5, tok.audio_offset + 9, tok.eoa, tok.audio_offset + 1]
-    assert generator.generate([spoken], speech=True, batch_size=4)[0] == [5, 9]
+    assert generator.generate([spoken], speech=True, batch_size=4, limit=20)[0] == [5, 9]
     # scoring: normalised exact match, and "contains" as whole words
     assert qa.exact_match("The Paris.", ("paris",)) and not qa.exact_match("Paris, France", ("paris",))
     assert qa.contains_answer("it is Paris, France", ("paris",))

@@ -24,8 +24,10 @@ def transcribe(model, feature_extractor, tokenizer, paths: list[Path], batch_siz
     import ctranslate2
 
     prompt = [tokenizer.token_to_id("<|startoftranscript|>"), tokenizer.token_to_id("<|notimestamps|>")]
+    from tqdm import tqdm
+
     texts = []
-    for start in range(0, len(paths), batch_size):
+    for start in tqdm(range(0, len(paths), batch_size), desc="transcribe", unit="batch"):
         audio = [read_wav(p)[0].astype(np.float32) / 32768 for p in paths[start:start + batch_size]]
         features = feature_extractor(audio, sampling_rate=16000, return_tensors="np").input_features
         results = model.generate(ctranslate2.StorageView.from_array(np.ascontiguousarray(features)),

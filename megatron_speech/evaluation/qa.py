@@ -40,11 +40,9 @@ def contains_answer(prediction: str, answers: tuple[str, ...]) -> bool:
 class AnswerGenerator:
     """Greedy answers for prompts from ``prompts.qa_prompt`` (one model replica, any TP size)."""
 
-    def __init__(self, model, tokenizer: SpeechTextTokenizer, max_text_tokens: int = 32,
-                 max_speech_tokens: int = 200) -> None:
+    def __init__(self, model, tokenizer: SpeechTextTokenizer) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.max_text_tokens, self.max_speech_tokens = max_text_tokens, max_speech_tokens
         self.text_allowed, self.speech_allowed = text_ids(tokenizer), speech_ids(tokenizer)
         self.text_stops = frozenset([tokenizer.eod, *self._newline_ids()])
 
@@ -53,11 +51,11 @@ class AnswerGenerator:
         decode = self.tokenizer.text_tokenizer.decode
         return [i for i in range(self.tokenizer.text_vocab_size) if "\n" in decode([i], skip_special_tokens=False)]
 
-    def generate(self, prompts: list[list[int]], speech: bool, batch_size: int, progress=None) -> list[list[int]]:
+    def generate(self, prompts: list[list[int]], speech: bool, batch_size: int, limit: int,
+                 progress=None) -> list[list[int]]:
         """Answer ids of each prompt: text ids (up to the newline id that stopped it: ``text_of`` cuts
         there, since an id may hold text before its newline), or speech codes."""
         tok = self.tokenizer
-        limit = self.max_speech_tokens if speech else self.max_text_tokens
         choose = greedy(self.speech_allowed if speech else self.text_allowed)
         stops = frozenset([tok.eoa]) if speech else self.text_stops
         order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))

@@ -69,6 +69,7 @@ class Evaluator:
             model, tokenizer, max_length = load_lm(config.model)
         self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
         self._speech_model = speech_model
+        self._speech_info: dict | None = None  # the speech tokenizer's record (its .nemo hashed once)
         self._answers: qa.AnswerGenerator | None = None
 
     def speech_model(self):
@@ -80,10 +81,10 @@ class Evaluator:
             self._speech_model = load_speech_tokenizer(self.config.speech_tokenizer)
         return self._speech_model
 
-    def answers(self, task: TaskConfig) -> qa.AnswerGenerator:
+    def answers(self) -> qa.AnswerGenerator:
+        """One generator for every QA task (it scans the text vocabulary for newlines once)."""
         if self._answers is None:
             self._answers = qa.AnswerGenerator(self.model, self.tokenizer)
-        self._answers.max_text_tokens, self._answers.max_speech_tokens = task.max_text_tokens, task.max_speech_tokens
         return self._answers
 
     # ---- a task ---------------------------------------------------------------------------------
@@ -104,10 +105,11 @@ class Evaluator:
     def _check_speech_tokenizer(self, path: str) -> None:
         """Spoken tasks made by another speech tokenizer than the one that transcribes answers are refused."""
         if self.config.speech_tokenizer and read_info(path) is not None:
-            from megatron_speech.speech_tokenizer.load import describe
+            if self._speech_info is None:
+                from megatron_speech.speech_tokenizer.load import describe
 
-            check_same_tokenizer(path, describe(self.config.speech_tokenizer, self.speech_model()),
-                                 self.config.speech_tokenizer)
+                self._speech_info = describe(self.config.speech_tokenizer, self.speech_model())
+            check_same_tokenizer(path, self._speech_info, self.config.speech_tokenizer)
 
     def run_task(self, task: TaskConfig) -> dict:
         kind, items = self.read(task, limit=task.limit)
@@ -138,9 +140,10 @@ class Evaluator:
 
     def qa(self, task: TaskConfig, items: list[QAItem], modality: str, shots: list[QAItem]):
         prompts = [qa_prompt(item, modality, self.tokenizer, task.template, shots) for item in items]
-        generator = self.answers(task)
+        generator = self.answers()
+        limit = task.max_speech_tokens if speech_out(modality) else task.max_text_tokens
         with _progress(len(prompts), f"{task.name} {ARROWS[modality]}", "questions") as bar:
-            answers = generator.generate(prompts, speech_out(modality), self.config.batch_size, bar)
+            answers = generator.generate(prompts, speech_out(modality), self.config.batch_size, limit, bar)
         if speech_out(modality):
             predictions = self.transcribe(answers)
             extra = [{"speech_tokens": len(codes)} for codes in answers]
