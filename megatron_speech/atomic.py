@@ -9,7 +9,9 @@ from typing import Any
 
 
 def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` (its folder made if missing) through a rename."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: concurrent writers never share it
     tmp.write_text(text)
     os.replace(tmp, path)

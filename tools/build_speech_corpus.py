@@ -24,13 +24,16 @@ def main() -> None:
     parser.add_argument("--voices-per-sentence", type=int, default=defaults.voices_per_sentence)
     parser.add_argument("--vary-voices", action="store_true",
                         help="each training utterance draws its own tempo, pitch and vocal-tract warp")
+    parser.add_argument("--dev-sentences", type=int, default=defaults.dev_sentences)
+    parser.add_argument("--test-sentences", type=int, default=defaults.test_sentences)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--workers", type=int, default=defaults.workers)
     args = parser.parse_args()
     summary = build_corpus(SpeechCorpusConfig(
         output_dir=args.output_dir, num_sentences=args.num_sentences, voices=args.voices,
         held_out_voice=args.held_out_voice, voices_per_sentence=args.voices_per_sentence,
-        variation=VoiceVariation() if args.vary_voices else None, seed=args.seed, workers=args.workers,
+        variation=VoiceVariation() if args.vary_voices else None, dev_sentences=args.dev_sentences,
+        test_sentences=args.test_sentences, seed=args.seed, workers=args.workers,
     ))
     print(json.dumps(summary["counts"], indent=2))
 

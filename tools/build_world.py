@@ -19,9 +19,13 @@ def main() -> None:
     parser.add_argument("--people", type=int, default=defaults.people)
     parser.add_argument("--places", type=int, default=defaults.places)
     parser.add_argument("--stories", type=int, default=defaults.stories)
+    parser.add_argument("--biographies", type=int, default=defaults.biographies, help="biographies a person")
+    parser.add_argument("--qa-in-text", type=float, default=defaults.qa_in_text,
+                        help="share of the people whose questions and answers are text documents too")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     args = parser.parse_args()
-    config = WorldConfig(people=args.people, places=args.places, stories=args.stories, seed=args.seed)
+    config = WorldConfig(people=args.people, places=args.places, stories=args.stories, seed=args.seed,
+                         biographies=args.biographies, qa_in_text=args.qa_in_text)
     print(json.dumps(write_world(config, args.output_dir), indent=2))
 
 

@@ -5,8 +5,12 @@ a laptop the knowledge must be known exactly, absent from every other corpus, an
 only: a knowledge base of fictional people (name, birthplace, birth year, job, a sibling, a pet),
 rendered as varied English prose (biographies and encyclopedic sentences about places), plus
 
-- questions about the same facts in phrasings the prose never uses (``qa.jsonl``, contract 9), so
-  answering is recall of a fact, not completion of a memorised sentence;
+- questions about the same facts in phrasings the prose never uses, so answering is recall of a
+  fact, not completion of a memorised sentence. A small LM learns to *retrieve* a fact in answer to
+  a question only if it has seen that format for some people (Allen-Zhu & Li, "Physics of Language
+  Models 3.1"): the questions and answers of a share of the people (``qa_in_text``) are written as
+  text documents too (and as ``qa_train.jsonl``, the few-shot examples), and the evaluation set
+  (``qa.jsonl``, contract 9) asks about the others only, whose facts only the prose states;
 - short stories with a coherent and an incoherent ending (``cloze.jsonl``, contract 9), a
   StoryCloze-like test of plain language sense.
 
@@ -42,12 +46,18 @@ class WorldConfig:
     stories: int = 200
     first_year: int = 1850
     last_year: int = 1950
+    qa_in_text: float = 0.5  # share of the people whose questions and answers are text documents too
+    biographies: int = 1  # biographies a person, each drawn anew (templates and sentence order)
 
     def __post_init__(self) -> None:
         if self.people < 2 or self.people % 2:
             raise ValueError(f"people must be an even number of at least 2 (siblings come in pairs), got {self.people}")
         if self.places < 1 or self.stories < 0 or self.first_year > self.last_year:
             raise ValueError("need places >= 1, stories >= 0 and first_year <= last_year")
+        if self.biographies < 1:
+            raise ValueError(f"biographies must be at least 1, got {self.biographies}")
+        if not 0 <= self.qa_in_text < 1:
+            raise ValueError(f"qa_in_text must be in [0, 1) (some people must be left to ask about), got {self.qa_in_text}")
 
 
 @dataclass(frozen=True)
@@ -124,8 +134,14 @@ def _fill(template: str, p: Person) -> str:
                            Possessive=p.possessive.capitalize(), objective=p.objective)
 
 
-def biography(p: Person, rng: random.Random) -> str:
-    return " ".join(_fill(rng.choice(group), p) for group in (BIOGRAPHY, WORK, FAMILY, PET))
+def biography(p: Person, rng: random.Random, shuffle: bool = False) -> str:
+    """One sentence a fact group, each from its templates; ``shuffle`` also draws the order after the
+    first sentence. Several such biographies a person are what lets a small LM retrieve a fact it
+    read, rather than only recite the sentence (Allen-Zhu & Li: "knowledge augmentation")."""
+    groups = [WORK, FAMILY, PET]
+    if shuffle:
+        rng.shuffle(groups)
+    return " ".join(_fill(rng.choice(group), p) for group in [BIOGRAPHY, *groups])
 
 
 def place_article(place: str, people: list[Person]) -> str:
@@ -148,6 +164,9 @@ QUESTIONS = (
 )
 
 
+QA_TEMPLATE = "Question: {question}\nAnswer:"  # the evaluation's template (examples/mini/configs)
+
+
 def questions(p: Person) -> list[dict]:
     out = []
     for template, field in QUESTIONS:
@@ -155,6 +174,11 @@ def questions(p: Person) -> list[dict]:
         answers = [answer, answer.removeprefix("a ")] if field == "pet" else [answer]
         out.append({"question": template.format(name=p.name), "answers": answers, "fact": field, "person": p.name})
     return out
+
+
+def qa_document(p: Person) -> str:
+    """A person's questions answered, as text in the evaluation's template."""
+    return "\n\n".join(QA_TEMPLATE.format(question=q["question"]) + " " + q["answers"][0] for q in questions(p))
 
 
 # ---- StoryCloze-like stories --------------------------------------------------------------------
@@ -195,15 +219,23 @@ def build_world(config: WorldConfig) -> dict:
     places = _place_names(rng, config.places)
     people = _people(config, rng, places)
     documents = [{"id": f"bio{i:05d}", "text": biography(p, rng)} for i, p in enumerate(people)]
+    documents += [{"id": f"bio{i:05d}.{k}", "text": biography(p, rng, shuffle=True)}
+                  for k in range(1, config.biographies) for i, p in enumerate(people)]
     documents += [{"id": f"place{i:03d}", "text": place_article(place, people)} for i, place in enumerate(places)]
-    qa = [{"id": f"q{i:05d}", **q} for i, q in enumerate(q for p in people for q in questions(p))]
-    return {"facts": [asdict(p) for p in people], "corpus": documents, "qa": qa,
+    in_text = people[: int(len(people) * config.qa_in_text)]
+    documents += [{"id": f"qa{i:05d}", "text": qa_document(p)} for i, p in enumerate(in_text)]
+    asked = [q for p in people[len(in_text):] for q in questions(p)]
+    shown = [q for p in in_text for q in questions(p)]
+    return {"facts": [asdict(p) for p in people], "corpus": documents,
+            "qa": [{"id": f"q{i:05d}", **q} for i, q in enumerate(asked)],
+            "qa_train": [{"id": f"t{i:05d}", **q} for i, q in enumerate(shown)],
             "cloze": stories(people, config.stories, rng)}
 
 
 def write_world(config: WorldConfig, output_dir: str | Path) -> dict:
-    """``facts.jsonl``, ``corpus.jsonl`` (text documents), ``qa.jsonl``, ``cloze.jsonl`` and
-    ``world.json`` (the config and counts), each written atomically; returns the counts."""
+    """``facts.jsonl``, ``corpus.jsonl`` (text documents), ``qa.jsonl`` (the evaluation's
+    questions), ``qa_train.jsonl`` (those answered in the text), ``cloze.jsonl`` and ``world.json``
+    (the config and counts), each written atomically; returns the counts."""
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     world = build_world(config)

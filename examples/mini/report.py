@@ -1,0 +1,177 @@
+"""The paper in miniature's figures: one line a stage, the final table, and for more than one arm or
+seed the ablation (mean ± sd per arm, task and modality) with its plot against interleaved tokens."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from megatron_speech import atomic
+from megatron_speech.data.indexed import read_metadata
+
+# what each task is scored by in the tables and the plot
+PRIMARY = {"spoken_qa": "exact_match", "story_cloze": "acc"}
+ARROWS = {"s2t": "S→T", "s2s": "S→S", "t2t": "T→T"}
+
+
+# ---- figures of one stage, read from the files the tools wrote ---------------------------------
+
+
+def speech_tokenizer_figures(eval_json: Path) -> dict:
+    r = json.loads(eval_json.read_text())
+    by_manifest = {res["manifest"]: res for res in r["results"]}
+    return {"wer_training_voices": by_manifest["test.jsonl"]["wer"],
+            "wer_held_out_voice": by_manifest["test_heldout_voice.jsonl"]["wer"],
+            "codebook_usage": by_manifest["test.jsonl"]["codebook_usage"], "steps": r["steps"],
+            "cut_short": r["cut_short"]}
+
+
+def training_figures(metrics_jsonl: Path) -> dict:
+    """Loss and per-source losses, averaged over the last fifth of the steps (one step is noisy, and
+    holds only some sources)."""
+    records = [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()]
+    if not records:
+        raise ValueError(f"{metrics_jsonl}: no training steps recorded")
+    last_step = records[-1]["step"]
+    tail = [r for r in records if r["step"] > last_step - max(1, last_step // 5)]
+    # a resumed run appends again: keep each step's newest record
+    tail = list({r["step"]: r for r in tail}.values())
+    figures = {"steps": last_step, "loss": statistics.fmean(r["loss"] for r in tail)}
+    for name in dict.fromkeys(n for r in tail for n in r.get("source_losses", {})):
+        values = [r["source_losses"][name] for r in tail if r["source_losses"].get(name) is not None]
+        if values:
+            figures[f"loss_{name}"] = statistics.fmean(values)
+    return figures
+
+
+def synthesis_figures(eval_json: Path, metrics_jsonl: Path) -> dict:
+    r = json.loads(eval_json.read_text())
+    return {"synthetic_span_wer": r["synthetic_wer"], "real_tokens_wer": r.get("real_tokens_wer"),
+            "spans": r["spans"], **training_figures(metrics_jsonl)}
+
+
+def indexed_tokens(prefix: Path) -> int:
+    return int(read_metadata(prefix)["num_tokens"])
+
+
+def task_figures(eval_json: Path) -> dict:
+    """``<task>_<modality>``: the task's primary metric (QA: exact match; stories: accuracy)."""
+    report = json.loads(eval_json.read_text())
+    return {f"{task}_{modality}": result[PRIMARY[task]]
+            for task, t in report["tasks"].items() for modality, result in t["modalities"].items()}
+
+
+def one_line(figures: dict) -> str:
+    return ", ".join(f"{k} {_fmt(v)}" for k, v in figures.items()) or "-"
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+# ---- the final report ---------------------------------------------------------------------------
+
+
+def write(recipe, records: dict) -> str:
+    """``report.json`` and ``report.md`` in the work folder (and ``ablation.png`` for more than one
+    arm); returns the Markdown, which the run prints."""
+    arms = _arm_results(recipe, records)
+    lines = [f"# The paper in miniature: preset {recipe.name}", "", "## Stages", "",
+             "| stage | minutes | figures |", "|---|---:|---|"]
+    for name, record in records.items():
+        if name.startswith(("pretrain_", "evaluate_")) and name != "evaluate_text_lm":
+            continue
+        lines.append(f"| {name} | {record['seconds'] / 60:.1f} | {one_line(record['figures'])} |")
+    total = sum(r["seconds"] for r in records.values()) / 60
+    lines += ["", f"Stage time in all: {total:.1f} min (this run and any earlier one it resumed).", ""]
+    lines += ablation_table(arms)
+    cut = records.get("speech_tokenizer", {}).get("figures", {}).get("cut_short")
+    if cut:
+        lines += ["", "**WARNING: the speech tokenizer's schedule was cut short by its time guard; its figures "
+                  "are not the preset's.**"]
+    markdown = "\n".join(lines) + "\n"
+    atomic.write_text(recipe.w("report.md"), markdown)
+    atomic.write_json(recipe.w("report.json"), {"preset": recipe.name, "stages": records, "arms": arms})
+    if len({a["arm"] for a in arms}) > 1:
+        plot(arms, recipe.w("ablation.png"))
+        markdown += f"\nplot: {recipe.w('ablation.png')}\n"
+    return markdown
+
+
+def _arm_results(recipe, records: dict) -> list[dict]:
+    out = []
+    for seed in recipe.p["seeds"]:
+        for arm in recipe.p["arms"]:
+            train = records[f"pretrain_{arm}_seed{seed}"]["figures"]
+            scores = records[f"evaluate_{arm}_seed{seed}"]["figures"]
+            out.append({"arm": arm, "seed": seed, "interleaved_tokens": train["interleaved_tokens"],
+                        "losses": {k: v for k, v in train.items() if k.startswith("loss")}, "scores": scores})
+    return out
+
+
+def summarize(arms: list[dict]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """arm -> metric -> (mean, sd, seeds); sd is 0 for one seed. An arm without a metric (arm A has
+    no interleaved loss) lacks its key."""
+    out: dict[str, dict[str, tuple[float, float, int]]] = {}
+    for arm in dict.fromkeys(a["arm"] for a in arms):
+        runs = [{**a["scores"], **a["losses"]} for a in arms if a["arm"] == arm]
+        out[arm] = {}
+        for metric in dict.fromkeys(m for r in runs for m in r):
+            values = [r[metric] for r in runs if metric in r]
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            out[arm][metric] = (statistics.fmean(values), sd, len(values))
+    return out
+
+
+def ablation_table(arms: list[dict]) -> list[str]:
+    summary = summarize(arms)
+    names = list(summary)
+    metrics = list(dict.fromkeys(m for n in names for m in summary[n]))
+    seeds = len({a["seed"] for a in arms})
+    lines = [f"## Arms (mean ± sd over {seeds} seed{'s' if seeds > 1 else ''})", "",
+             "| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for metric in metrics:
+        cells = [f"{summary[n][metric][0]:.3f} ± {summary[n][metric][1]:.3f}" if metric in summary[n] else "–"
+                 for n in names]
+        lines.append(f"| {_label(metric)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _label(metric: str) -> str:
+    for task in PRIMARY:
+        if metric.startswith(task + "_"):
+            modality = metric[len(task) + 1:]
+            return f"{task} {ARROWS.get(modality, modality)} ({PRIMARY[task]})"
+    return metric
+
+
+def plot(arms: list[dict], path: Path) -> None:
+    """Accuracy against interleaved tokens seen, one line a task and modality (the paper's figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in arms[0]["scores"]]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    for ax, task in zip(axes, PRIMARY):
+        for metric in (m for m in metrics if m.startswith(task)):
+            xs = sorted({a["interleaved_tokens"] for a in arms})
+            groups = [[a["scores"][metric] for a in arms if a["interleaved_tokens"] == x] for x in xs]
+            means = [statistics.fmean(g) for g in groups]
+            sds = [statistics.stdev(g) if len(g) > 1 else 0.0 for g in groups]
+            ax.errorbar([x / 1e6 for x in xs], means, yerr=sds, marker="o", capsize=3,
+                        label=ARROWS.get(metric[len(task) + 1:], metric))
+        ax.set_title(f"{task} ({PRIMARY[task]})")
+        ax.set_xlabel("interleaved tokens seen (millions)")
+        ax.set_ylabel(PRIMARY[task])
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
