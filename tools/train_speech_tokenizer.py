@@ -10,7 +10,6 @@ training voices and on the held-out voice, also per voice; codebook usage and pe
 time, library versions). tools/evaluate_speech_tokenizer.py does the evaluation alone, for any manifest.
 """
 
-import sys
 import time
 from pathlib import Path
 
@@ -19,19 +18,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nemo.core.config import hydra_runner
 
-from megatron_speech import atomic
+from megatron_speech import atomic, nemo_runs
 from megatron_speech.speech_tokenizer.evaluate import evaluate_manifest, report_lines
 from megatron_speech.speech_tokenizer.subwords import train_subword_model
 from megatron_speech.speech_tokenizer.load import model_class
 
 CONF = str(Path(__file__).resolve().parents[1] / "examples" / "speech_tokenizer" / "conf")
-
-
-def _versions() -> dict[str, str]:
-    """Library versions beside the figures: step times moved between sessions with these unrecorded."""
-    from importlib.metadata import version
-
-    return {name: version(name) for name in ("torch", "nemo-toolkit", "lightning", "lhotse")}
 
 
 @hydra_runner(config_path=CONF, config_name="whisper_mini")
@@ -51,28 +43,19 @@ def main(cfg: DictConfig) -> None:
     model.save_to(str(out / f"{cfg.name}.nemo"))
     corpus = Path(cfg.model.train_ds.manifest_filepath).parent
     max_steps = int(cfg.trainer.get("max_steps", -1))
-    cut_short = 0 < max_steps and trainer.global_step < max_steps
+    cut_short = nemo_runs.cut_short(trainer, max_steps)
     if cut_short:
-        _warn_cut_short(trainer.global_step, max_steps, cfg.trainer.get("max_time"))
+        nemo_runs.warn_cut_short(trainer.global_step, max_steps, cfg.trainer.get("max_time"))
     report = {"name": cfg.name, "model_type": cfg.get("model_type", "conformer"), "token_rate": model.token_rate, "train_minutes": round(minutes, 1),
               "epochs": trainer.current_epoch, "steps": trainer.global_step, "max_steps": max_steps,
-              "cut_short": cut_short, "versions": _versions(),
+              "cut_short": cut_short, "versions": nemo_runs.versions(),
               "results": [evaluate_manifest(model, corpus / f"{m}.jsonl") for m in ("test", "test_heldout_voice")],
               "config": OmegaConf.to_container(cfg.model, resolve=True)}
     atomic.write_json(out / f"{cfg.name}.eval.json", report)
     for result in report["results"]:
         print("\n".join(report_lines(result)))
     if cut_short:
-        _warn_cut_short(trainer.global_step, max_steps, cfg.trainer.get("max_time"))
-
-
-def _warn_cut_short(steps: int, max_steps: int, max_time) -> None:
-    """The recipe is step-based; its time limit is only a guard, and a run it stopped must say so."""
-    bar = "!" * 100
-    print(f"{bar}\nWARNING: the schedule was cut short: {steps} of {max_steps} steps ran before trainer.max_time "
-          f"({max_time}) stopped training (a busy or slow machine?).\nThe learning-rate schedule did not finish; "
-          f"figures from this run are not the recipe's. eval.json records cut_short: true.\n{bar}",
-          file=sys.stderr, flush=True)
+        nemo_runs.warn_cut_short(trainer.global_step, max_steps, cfg.trainer.get("max_time"))
 
 
 if __name__ == "__main__":

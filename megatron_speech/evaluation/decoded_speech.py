@@ -1,0 +1,121 @@
+"""How good the speech decoder's audio is, by judges that did not make it (``judges``).
+
+For each test utterance three versions of the same sentence: the original audio, copy-synthesis (its
+true mel through the vocoder: the vocoder's own loss) and the decoded audio (the speech tokenizer's
+tokens -> token-to-mel model -> vocoder: what a speech LM's spoken answer sounds like). Each judge
+transcribes all three, and WER is reported per voice group; the gap decoded - copy-synthesis is the
+token-to-mel model's loss. Also the round trip (decoded audio tokenized again: the share of tokens
+that come back), the real-time factors and streaming against offline decoding.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from megatron_speech.speech.audio import load_audio, write_wav
+from megatron_speech.speech_decoder.mel import griffin_lim
+
+VERSIONS = ("original", "copy_synthesis", "decoded")
+
+
+def _write(path: Path, audio: np.ndarray, rate: int) -> Path:
+    write_wav(path, np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16), rate)
+    return path
+
+
+def make_versions(decoder, tokenizer, manifest: Path, lines: list[tuple[int, dict]], out: Path,
+                  fallback_speaker: str, iterations: int = 32) -> tuple[list[dict], dict]:
+    """Write each utterance's copy-synthesis and decoded audio under ``out``; returns one row an
+    utterance (voice, reference, the three paths, tokens, re-tokenized decoded tokens) and timings."""
+    mel_settings, rate = decoder.mel_settings, decoder.mel_settings.sample_rate
+    rows, timing = [], {"audio_seconds": 0.0, "token_to_mel_seconds": 0.0, "vocoder_seconds": 0.0}
+    for number, line in lines:
+        audio = load_audio(manifest, number, line, rate)
+        tokens = tokenizer.tokenize(audio[None], torch.tensor([audio.numel()]))[0]
+        true_mel = decoder.mel(audio[None])[0]
+        name = Path(line["audio_filepath"]).stem + f"-{number}.wav"
+        copy = _write(out / "copy_synthesis" / name, griffin_lim(true_mel, mel_settings, iterations), rate)
+        voice = line.get("speaker") if line.get("speaker") in list(decoder.cfg.speakers) else fallback_speaker
+        began = time.perf_counter()
+        mel = decoder.decode([tokens], [decoder.speaker_id(voice)])[0]
+        middle = time.perf_counter()
+        decoded_audio = griffin_lim(mel, mel_settings, iterations)
+        timing["token_to_mel_seconds"] += middle - began
+        timing["vocoder_seconds"] += time.perf_counter() - middle
+        timing["audio_seconds"] += len(decoded_audio) / rate
+        decoded = _write(out / "decoded" / name, decoded_audio, rate)
+        again = tokenizer.tokenize(torch.from_numpy(decoded_audio.astype(np.float32))[None],
+                                   torch.tensor([len(decoded_audio)]))[0]
+        rows.append({"voice": line.get("speaker", ""), "decoder_voice": voice, "ref": line["text"],
+                     "original": str(manifest.parent / line["audio_filepath"]), "copy_synthesis": str(copy),
+                     "decoded": str(decoded), "tokens": tokens, "tokens_again": again})
+    return rows, timing
+
+
+def round_trip(rows: list[dict]) -> float:
+    """The share of token positions whose code survives decoding and re-tokenizing."""
+    same = total = 0
+    for row in rows:
+        n = min(len(row["tokens"]), len(row["tokens_again"]))
+        same += sum(a == b for a, b in zip(row["tokens"][:n], row["tokens_again"][:n]))
+        total += len(row["tokens"])
+    return same / max(total, 1)
+
+
+def judge_rows(rows: list[dict], judges: dict) -> dict:
+    """{judge: {group: {version: WER, "utterances": n}}}; groups are the voices and their engines."""
+    from nemo.collections.asr.metrics.wer import word_error_rate
+
+    report = {}
+    for name, judge in judges.items():
+        hyps = {v: judge.transcribe([Path(r[v]) for r in rows]) for v in VERSIONS}
+        groups: dict[str, list[int]] = {}
+        for i, row in enumerate(rows):
+            groups.setdefault(row["voice"], []).append(i)
+            groups.setdefault(row["voice"].split(":")[0] + " (all)", []).append(i)
+        report[name] = {group: {"utterances": len(index),
+                                **{v: word_error_rate([hyps[v][i] for i in index], [rows[i]["ref"] for i in index])
+                                   for v in VERSIONS}}
+                        for group, index in sorted(groups.items())}
+        for i, row in enumerate(rows):
+            row.setdefault("hyps", {})[name] = {v: hyps[v][i] for v in VERSIONS}
+    return report
+
+
+@torch.no_grad()
+def streaming_check(decoder, rows: list[dict], limit: int = 10) -> dict:
+    """Largest difference between block-by-block and offline mels, and the time to the first block."""
+    worst, first_block = 0.0, []
+    for row in rows[:limit]:
+        tokens = torch.tensor(row["tokens"])
+        speaker = decoder.speaker_id(row["decoder_voice"])
+        offline = decoder.decode([row["tokens"]], [speaker])[0]
+        began = time.perf_counter()
+        blocks = []
+        for block in decoder.net.stream(tokens, speaker):
+            if not blocks:
+                first_block.append(time.perf_counter() - began)
+            blocks.append(block)
+        worst = max(worst, float((torch.cat(blocks, dim=-1) - offline).abs().max()))
+    return {"utterances": min(limit, len(rows)), "max_abs_difference": worst,
+            "first_block_seconds": float(np.mean(first_block)) if first_block else None,
+            "block_tokens": decoder.net_settings.block_size, "lookahead_tokens": decoder.net_settings.lookahead}
+
+
+def read_lines(manifest: Path, limit: int, voices: list[str] | None = None) -> list[tuple[int, dict]]:
+    """(line number, record) of the first ``limit`` utterances, of ``voices`` only if given."""
+    out = []
+    with open(manifest) as f:
+        for number, raw in enumerate(f, 1):
+            if raw.strip():
+                line = json.loads(raw)
+                if voices is None or line.get("speaker") in voices:
+                    out.append((number, line))
+            if len(out) == limit:
+                break
+    return out

@@ -1,0 +1,26 @@
+"""What the NeMo recipes (speech tokenizer, speech decoder) share around ``trainer.fit``: the
+library versions beside the figures, and the loud warning when the time guard cut a schedule short."""
+
+from __future__ import annotations
+
+import sys
+
+
+def versions() -> dict[str, str]:
+    """Library versions beside the figures: step times moved between sessions with these unrecorded."""
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("torch", "nemo-toolkit", "lightning", "lhotse")}
+
+
+def cut_short(trainer, max_steps: int) -> bool:
+    return 0 < max_steps and trainer.global_step < max_steps
+
+
+def warn_cut_short(steps: int, max_steps: int, max_time) -> None:
+    """A recipe is step-based; its time limit is only a guard, and a run it stopped must say so."""
+    bar = "!" * 100
+    print(f"{bar}\nWARNING: the schedule was cut short: {steps} of {max_steps} steps ran before trainer.max_time "
+          f"({max_time}) stopped training (a busy or slow machine?).\nThe learning-rate schedule did not finish; "
+          f"figures from this run are not the recipe's. The report records cut_short: true.\n{bar}",
+          file=sys.stderr, flush=True)

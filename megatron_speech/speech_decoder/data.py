@@ -1,0 +1,87 @@
+"""The decoder's training pairs: speech tokens (contract 2) joined by ``id`` to the speech manifest
+(contract 1) that holds each utterance's audio and speaker.
+
+Each pair is cut to at most ``max_tokens`` tokens at a token boundary (random in training, the start
+otherwise), with exactly the audio those tokens span (``samples_per_token`` each, silence past the
+end): a batch costs the same whatever the utterances' lengths, and frames line up with tokens.
+A token count that does not fit the audio (tokens of another rate or another corpus) is an error
+naming both files and the record.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import torch
+
+from megatron_speech.data.corpus import CorpusError, read_records
+from megatron_speech.data.speech_tokens import SPEECH_FIELD
+from megatron_speech.speech.audio import load_audio
+
+
+def read_pairs(tokens: Path, manifest: Path) -> list[dict]:
+    """``{id, speech_tokens, line, number, speaker}`` for every token record whose id the manifest has."""
+    by_id = {}
+    for number, line in read_records(manifest):  # strict: an unreadable line is an error naming it
+        if not isinstance(line, dict) or "audio_filepath" not in line or "id" not in line:
+            raise CorpusError(manifest, number, "a speech manifest line needs 'id' and 'audio_filepath'")
+        by_id[line["id"]] = (number, line)
+    pairs, unmatched = [], 0
+    for number, record in read_records(tokens):
+        if not isinstance(record, dict) or not isinstance(record.get(SPEECH_FIELD), list) or not record[SPEECH_FIELD]:
+            raise CorpusError(tokens, number, f"a speech-token record needs a non-empty '{SPEECH_FIELD}' list")
+        if record.get("id") not in by_id:
+            unmatched += 1
+            continue
+        line_number, line = by_id[record["id"]]
+        pairs.append({"id": record["id"], SPEECH_FIELD: record[SPEECH_FIELD], "line": line,
+                      "number": line_number, "token_number": number, "speaker": str(line.get("speaker", ""))})
+    if not pairs:
+        raise ValueError(f"{tokens}: none of its {unmatched} ids is in {manifest}")
+    return pairs
+
+
+class TokenAudioPairs(torch.utils.data.Dataset):
+    def __init__(self, tokens: Path, manifest: Path, speakers: list[str], sample_rate: int, samples_per_token: int,
+                 max_tokens: int, random_crop: bool, seed: int = 0) -> None:
+        self.tokens, self.manifest = Path(tokens), Path(manifest)
+        self.pairs = read_pairs(self.tokens, self.manifest)
+        self.speaker_index = {name: i for i, name in enumerate(speakers)}
+        self.sample_rate, self.samples_per_token = sample_rate, samples_per_token
+        self.max_tokens, self.random_crop = max_tokens, random_crop
+        self.rng = random.Random(seed)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        pair = self.pairs[index]
+        audio = load_audio(self.manifest, pair["number"], pair["line"], self.sample_rate)
+        codes = pair[SPEECH_FIELD]
+        expected = -(-audio.numel() // self.samples_per_token)
+        if abs(len(codes) - expected) > 1:
+            raise CorpusError(self.tokens, pair["token_number"], f"id {pair['id']!r}: {len(codes)} speech tokens for "
+                              f"{audio.numel()} samples of {self.manifest} line {pair['number']} (expected about "
+                              f"{expected}): tokens of another rate or another corpus?")
+        start = self.rng.randrange(0, max(1, len(codes) - self.max_tokens + 1)) if self.random_crop else 0
+        codes = codes[start: start + self.max_tokens]
+        span = audio[start * self.samples_per_token: (start + len(codes)) * self.samples_per_token]
+        span = torch.nn.functional.pad(span, (0, len(codes) * self.samples_per_token - span.numel()))
+        return {"tokens": torch.tensor(codes, dtype=torch.long), "audio": span,
+                "speaker": self.speaker_index.get(pair["speaker"], 0)}
+
+
+def collate(items: list[dict]) -> dict:
+    pad = torch.nn.utils.rnn.pad_sequence
+    return {"tokens": pad([i["tokens"] for i in items], batch_first=True),
+            "token_lengths": torch.tensor([len(i["tokens"]) for i in items]),
+            "audio": pad([i["audio"] for i in items], batch_first=True),
+            "speakers": torch.tensor([i["speaker"] for i in items])}
+
+
+def speakers_of(manifest: Path) -> list[str]:
+    """The voices of a manifest, sorted: the speaker table's rows."""
+    with open(manifest) as f:
+        return sorted({str(json.loads(line).get("speaker", "")) for line in f if line.strip()})

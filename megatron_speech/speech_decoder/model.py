@@ -1,0 +1,122 @@
+"""The token-to-mel model as a NeMo model (``ModelPT``: Hydra config, Lightning, ``.nemo``), so the
+decoder is trained and shipped as the speech tokenizer is.
+
+``cfg.net`` holds ``token_to_mel.TokenToMelSettings``, ``cfg.mel`` ``mel.MelSettings``;
+``cfg.speakers`` the voices of the training manifest (the speaker table's rows, filled in on the
+first build); ``cfg.token_rate`` the speech tokenizer's rate, from which the frames a token follow.
+The ``.nemo`` carries everything the decoding tool needs: it never reads the tokenizer again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from nemo.core import ModelPT
+from nemo.core.classes import common as nemo_common
+
+from megatron_speech.config_loader import build
+from megatron_speech.data import speech_tokens
+from megatron_speech.speech_decoder.data import TokenAudioPairs, collate, speakers_of
+from megatron_speech.speech_decoder.mel import MelSettings, MelSpectrogram
+from megatron_speech.speech_decoder.token_to_mel import TokenToMel, TokenToMelSettings
+
+if "megatron_speech.speech_decoder." not in nemo_common.ALLOWED_TARGET_PREFIXES:
+    nemo_common.ALLOWED_TARGET_PREFIXES.append("megatron_speech.speech_decoder.")
+
+
+def _fill_in_from_training_data(cfg: DictConfig) -> None:
+    """On the first build: the voices (the training manifest's), and the token rate and codebook size
+    that the training tokens' record (contract 2) states, unless the config gives them."""
+    train = cfg.get("train_ds") or {}
+    with open_dict(cfg):
+        if not cfg.get("speakers"):
+            cfg.speakers = speakers_of(Path(train.manifest_filepath)) if train.get("manifest_filepath") else [""]
+        info = speech_tokens.read_info(train.tokens_filepath) if train.get("tokens_filepath") else None
+        if cfg.get("token_rate") is None:
+            if info is None:
+                raise ValueError("model.token_rate is not set and the training tokens have no speech tokenizer record")
+            cfg.token_rate = float(info["token_rate"])
+        if cfg.net.get("codebook_size") is None:
+            if info is None:
+                raise ValueError("model.net.codebook_size is not set and the training tokens have no speech "
+                                 "tokenizer record")
+            cfg.net.codebook_size = int(info["codebook_size"])
+
+
+class SpeechDecoderModel(ModelPT):
+    def __init__(self, cfg: DictConfig, trainer=None) -> None:
+        _fill_in_from_training_data(cfg)
+        self.mel_settings = build(MelSettings, OmegaConf.to_container(cfg.mel, resolve=True), "model.mel")
+        net = OmegaConf.to_container(cfg.net, resolve=True)
+        net.setdefault("frames_per_token", self.mel_settings.frames_per_token(cfg.token_rate))
+        net.setdefault("n_mels", self.mel_settings.n_mels)
+        net.setdefault("num_speakers", len(cfg.speakers))
+        self.net_settings = build(TokenToMelSettings, net, "model.net")
+        self.samples_per_token = self.mel_settings.hop_length * self.net_settings.frames_per_token
+        super().__init__(cfg=cfg, trainer=trainer)  # sets up the data, which needs the above
+        self.net = TokenToMel(self.net_settings)
+        self.mel = MelSpectrogram(self.mel_settings)
+        self.validation_step_outputs: list[torch.Tensor] = []
+
+    def speaker_id(self, name: str | None) -> int:
+        """A voice's row of the table; unknown or missing voices get row 0 (the first voice)."""
+        speakers = list(self.cfg.speakers)
+        return speakers.index(name) if name in speakers else 0
+
+    # ------------------------------------------------------------------ training
+
+    def _losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            mels = self.mel(batch["audio"])
+        return self.net.loss(batch["tokens"], batch["token_lengths"], batch["speakers"], mels)
+
+    def training_step(self, batch, batch_idx):
+        losses = self._losses(batch)
+        self.log_dict({f"train_{k}" if k == "loss" else k: v for k, v in losses.items()}, prog_bar=True, on_step=True)
+        return losses["loss"]
+
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        # the L1 distance of generated mels to the truth: comparable between the heads
+        with torch.no_grad():
+            mels = self.mel(batch["audio"])
+            generated = self.net.generate(batch["tokens"], batch["token_lengths"], batch["speakers"])
+        frames = self.net.frame_lengths(batch["token_lengths"])
+        valid = (torch.arange(generated.shape[-1])[None] < frames[:, None])[:, None].float()
+        l1 = ((generated - mels[..., : generated.shape[-1]]).abs() * valid).sum() / (valid.sum() * generated.shape[1])
+        self.validation_step_outputs.append(l1)
+        return l1
+
+    def on_validation_epoch_end(self):
+        if self.validation_step_outputs:
+            self.log("val_mel_l1", torch.stack(self.validation_step_outputs).mean(), prog_bar=True)
+        self.validation_step_outputs.clear()
+
+    def _loader(self, cfg: DictConfig, train: bool):
+        dataset = TokenAudioPairs(cfg.tokens_filepath, cfg.manifest_filepath, list(self.cfg.speakers),
+                                  self.mel_settings.sample_rate, self.samples_per_token,
+                                  int(cfg.get("max_tokens", 50)), random_crop=train, seed=int(cfg.get("seed", 0)))
+        return torch.utils.data.DataLoader(dataset, batch_size=int(cfg.batch_size), shuffle=train, collate_fn=collate,
+                                           num_workers=int(cfg.get("num_workers", 0)), drop_last=train)
+
+    def setup_training_data(self, cfg: DictConfig) -> None:
+        self._train_dl = self._loader(cfg, True) if cfg and cfg.get("tokens_filepath") else None
+
+    def setup_validation_data(self, cfg: DictConfig) -> None:
+        self._validation_dl = self._loader(cfg, False) if cfg and cfg.get("tokens_filepath") else None
+
+    @classmethod
+    def list_available_models(cls):
+        return None
+
+    # ------------------------------------------------------------------ inference
+
+    @torch.no_grad()
+    def decode(self, codes: list[list[int]], speakers: list[int], flow_steps: int | None = None) -> list[torch.Tensor]:
+        """Normalised mels [n_mels, frames] of each token sequence (frames = tokens x frames a token)."""
+        lengths = torch.tensor([len(c) for c in codes])
+        padded = torch.nn.utils.rnn.pad_sequence([torch.tensor(c, dtype=torch.long) for c in codes], batch_first=True)
+        mels = self.net.generate(padded, lengths, torch.tensor(speakers), flow_steps)
+        return [m[:, :n] for m, n in zip(mels, self.net.frame_lengths(lengths).tolist())]

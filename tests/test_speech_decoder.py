@@ -1,0 +1,291 @@
+"""The speech decoder's network and mel front end: frame counts, both heads learn, streaming equals
+offline, and the streaming guarantee is real (a later token changes no earlier block)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from megatron_speech.speech_decoder.mel import MelSettings, MelSpectrogram, griffin_lim
+from megatron_speech.speech_decoder.token_to_mel import TokenToMel, TokenToMelSettings, block_mask
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tiny(head: str, **overrides) -> TokenToMel:
+    torch.manual_seed(0)
+    settings = TokenToMelSettings(codebook_size=16, num_speakers=2, n_mels=8, d_model=32, num_layers=2, num_heads=2,
+                                  ffn_dim=64, dropout=0.0, estimator_channels=32, estimator_layers=2, head=head,
+                                  block_size=4, lookahead=2, flow_steps=4, **overrides)
+    return TokenToMel(settings).eval()
+
+
+def test_a_12_5_hz_token_is_five_frames_at_16_khz_hop_256():
+    mel = MelSettings()
+    assert mel.frames_per_token(12.5) == 5
+    with pytest.raises(ValueError, match="frames a token"):
+        mel.frames_per_token(25.0 / 3)
+    audio = torch.randn(1, 1280 * 7)
+    frames = MelSpectrogram(mel)(audio)
+    assert frames.shape == (1, 80, mel.frames(1280 * 7)) and mel.frames(1280 * 7) == 7 * 5 + 1
+
+
+def test_griffin_lim_turns_a_mel_back_into_audio_of_its_length_and_pitch():
+    mel = MelSettings()
+    t = np.arange(16000) / 16000
+    tone = torch.from_numpy((0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32))
+    audio = griffin_lim(MelSpectrogram(mel)(tone[None])[0], mel, iterations=16)
+    assert len(audio) == mel.frames(16000) * mel.hop_length
+    spectrum = np.abs(np.fft.rfft(audio))
+    assert abs(np.argmax(spectrum) * 16000 / len(audio) - 440) < 20  # the tone survives
+
+
+def test_block_mask_lets_a_token_see_its_block_and_every_earlier_one():
+    mask = block_mask(6, 2)
+    visible = [[int(not m) for m in row] for row in mask.tolist()]
+    assert visible[0] == [1, 1, 0, 0, 0, 0] and visible[3] == [1, 1, 1, 1, 0, 0] and visible[5] == [1] * 6
+
+
+@pytest.mark.parametrize("head", ["l1", "flow"])
+def test_each_head_overfits_a_tiny_batch(head):
+    model = _tiny(head).train()
+    tokens = torch.randint(0, 16, (2, 12))
+    lengths = torch.tensor([12, 9])
+    speakers = torch.tensor([0, 1])
+    mels = torch.randn(2, 8, 60)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        loss = model.loss(tokens, lengths, speakers, mels)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses[::10]
+
+
+@pytest.mark.parametrize("head", ["l1", "flow"])
+def test_streaming_equals_offline(head):
+    model = _tiny(head)
+    tokens = torch.randint(0, 16, (11,))
+    offline = model.generate(tokens[None], torch.tensor([11]), torch.tensor([1]))[0]
+    blocks = list(model.stream(tokens, speaker=1))
+    assert [b.shape[-1] for b in blocks] == [20, 20, 15]
+    torch.testing.assert_close(torch.cat(blocks, dim=-1), offline, atol=1e-5, rtol=1e-4)
+
+
+def test_a_block_does_not_depend_on_tokens_after_its_lookahead():
+    model = _tiny("flow")
+    tokens = torch.randint(0, 16, (12,))
+    changed = tokens.clone()
+    changed[7:] = (changed[7:] + 1) % 16  # block 0 is tokens 0-3; its look-ahead reaches token 5
+    a = model.generate(tokens[None], torch.tensor([12]), torch.tensor([0]))[0]
+    b = model.generate(changed[None], torch.tensor([12]), torch.tensor([0]))[0]
+    torch.testing.assert_close(a[:, :20], b[:, :20])
+    assert not torch.allclose(a[:, 20:], b[:, 20:])
+
+
+def test_padding_in_a_batch_changes_nothing():
+    model = _tiny("l1")
+    tokens = torch.randint(0, 16, (2, 10))
+    alone = model.generate(tokens[1:, :6], torch.tensor([6]), torch.tensor([0]))
+    batched = model.generate(tokens, torch.tensor([10, 6]), torch.tensor([1, 0]))
+    torch.testing.assert_close(batched[1:, :, :30], alone, atol=1e-5, rtol=1e-4)
+
+
+# ---- the NeMo model and the tools, on tones standing in for speech ------------------------------
+
+TOKEN_SAMPLES = 1280  # 12.5 Hz at 16 kHz
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    """Six utterances (tones), two voices, with speech tokens of the right count and their record."""
+    from megatron_speech.data import speech_tokens
+    from megatron_speech.speech.audio import write_wav
+
+    root = tmp_path_factory.mktemp("pairs")
+    rng = np.random.default_rng(0)
+    manifest, tokens = [], []
+    for i in range(6):
+        n = 8 + 2 * i
+        t = np.arange(n * TOKEN_SAMPLES - 300) / 16000
+        write_wav(root / f"u{i}.wav", (8000 * np.sin(2 * np.pi * (200 + 50 * i) * t)).astype(np.int16), 16000)
+        voice = ["flite:slt", "espeak:en-us"][i % 2]
+        manifest.append({"id": f"u{i}", "audio_filepath": f"u{i}.wav", "duration": len(t) / 16000, "text": f"tone {i}",
+                         "speaker": voice})
+        tokens.append({"id": f"u{i}", "text": f"tone {i}", "speech_tokens": rng.integers(0, 16, n).tolist()})
+    (root / "manifest.jsonl").write_text("".join(json.dumps(m) + "\n" for m in manifest))
+    (root / "tokens.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tokens))
+    speech_tokens.write_info(root / "tokens.jsonl", {"name": "test", "model_type": "whisper_vq", "token_rate": 12.5,
+                                                     "codebook_size": 16, "fingerprint": "0"})
+    return root
+
+
+def _config(pairs, tmp_path, head="flow"):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(ROOT / "examples" / "speech_decoder" / "conf" / "mini.yaml")
+    small = {"d_model": 32, "num_layers": 1, "num_heads": 2, "ffn_dim": 64, "estimator_channels": 32,
+             "estimator_layers": 1, "head": head, "flow_steps": 2, "mu_l1_weight": 1.0}
+    cfg.model.net = OmegaConf.merge(cfg.model.net, small)
+    for split in ("train_ds", "validation_ds"):
+        cfg.model[split].tokens_filepath = str(pairs / "tokens.jsonl")
+        cfg.model[split].manifest_filepath = str(pairs / "manifest.jsonl")
+        cfg.model[split].batch_size = 3
+    cfg.model.optim.sched.warmup_steps = 1
+    cfg.trainer.update({"max_steps": 4, "val_check_interval": 4, "limit_val_batches": 1, "log_every_n_steps": 1,
+                        "enable_progress_bar": False, "enable_model_summary": False})
+    cfg.exp_manager.exp_dir = str(tmp_path)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained(pairs, tmp_path_factory):
+    """A tiny decoder trained four steps in this process (the tool's own run is a slow test)."""
+    import lightning.pytorch as pl
+
+    from megatron_speech.speech_decoder.model import SpeechDecoderModel
+
+    out = tmp_path_factory.mktemp("decoder")
+    cfg = _config(pairs, out)
+    trainer = pl.Trainer(**cfg.trainer, default_root_dir=str(out))
+    model = SpeechDecoderModel(cfg.model, trainer=trainer)
+    trainer.fit(model)
+    model.save_to(str(out / "tiny.nemo"))
+    return out / "tiny.nemo"
+
+
+def test_the_model_takes_voices_rate_and_codebook_from_its_training_data(trained):
+    from megatron_speech.speech_decoder.decode import load_decoder
+
+    cfg = load_decoder(str(trained)).cfg
+    assert list(cfg.speakers) == ["espeak:en-us", "flite:slt"]  # the manifest's
+    assert cfg.token_rate == 12.5 and cfg.net.codebook_size == 16  # the tokens' record
+
+
+@pytest.mark.slow
+def test_the_training_tool_writes_a_nemo_and_its_record_and_resumes(pairs, tmp_path):
+    from omegaconf import OmegaConf
+
+    cfg = _config(pairs, tmp_path)
+    overrides = [f"model.net.{k}={v}" for k, v in cfg.model.net.items() if v is not None]
+    overrides += [f"model.{s}.{k}={cfg.model[s][k]}" for s in ("train_ds", "validation_ds")
+                  for k in ("tokens_filepath", "manifest_filepath", "batch_size")]
+    overrides += [f"trainer.{k}={v}" for k, v in OmegaConf.to_container(cfg.trainer).items()
+                  if k in ("max_steps", "val_check_interval", "limit_val_batches", "log_every_n_steps")]
+    overrides += ["model.optim.sched.warmup_steps=1", f"exp_manager.exp_dir={tmp_path}", "name=tiny"]
+    tool = [sys.executable, str(ROOT / "tools" / "train_speech_decoder.py"), *overrides]
+    done = subprocess.run(tool, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads((tmp_path / "tiny" / "tiny.train.json").read_text())
+    assert report["steps"] == 4 and not report["cut_short"] and report["val_mel_l1"] > 0
+    assert (tmp_path / "tiny" / "tiny.nemo").is_file()
+    longer = subprocess.run([*tool, "trainer.max_steps=6"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert longer.returncode == 0 and "resuming from" in longer.stdout, longer.stderr[-4000:]
+    assert json.loads((tmp_path / "tiny" / "tiny.train.json").read_text())["steps"] == 6
+
+
+def test_nemo_round_trip_decodes_the_same(trained, tmp_path):
+    from megatron_speech.speech_decoder.decode import load_decoder
+
+    a = load_decoder(str(trained))
+    a.save_to(str(tmp_path / "again.nemo"))
+    b = load_decoder(str(tmp_path / "again.nemo"))
+    assert list(b.cfg.speakers) == list(a.cfg.speakers) and b.net_settings == a.net_settings
+    codes = [[1, 2, 3, 4, 5, 6, 7], [9, 9, 9]]
+    first, second = a.decode(codes, [0, 1]), b.decode(codes, [0, 1])
+    assert [tuple(m.shape) for m in first] == [(80, 35), (80, 15)]  # 5 frames a token
+    for x, y in zip(first, second):
+        torch.testing.assert_close(x, y)
+
+
+def test_a_token_count_that_does_not_fit_the_audio_is_named(pairs, tmp_path):
+    from megatron_speech.data.corpus import CorpusError
+    from megatron_speech.speech_decoder.data import TokenAudioPairs
+
+    lines = (pairs / "tokens.jsonl").read_text().splitlines()
+    record = json.loads(lines[2])
+    record["speech_tokens"] = record["speech_tokens"] * 2
+    (tmp_path / "tokens.jsonl").write_text("\n".join(lines[:2] + [json.dumps(record)]) + "\n")
+    data = TokenAudioPairs(tmp_path / "tokens.jsonl", pairs / "manifest.jsonl", ["flite:slt"], 16000, TOKEN_SAMPLES,
+                           50, random_crop=False)
+    assert data[0]["audio"].numel() == 8 * TOKEN_SAMPLES  # padded to the tokens' span
+    with pytest.raises(CorpusError, match=r"tokens\.jsonl:3: id 'u2': 24 speech tokens .*manifest\.jsonl line 3"):
+        data[2]
+
+
+def _decode(pairs, output, model_path, *extra, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "decode_speech.py"), str(pairs / "tokens.jsonl"),
+                           str(output), "--model", str(model_path), "--griffin-lim-iterations", "4", "--batch-size", "2",
+                           *extra], capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+def _config_for(pairs, output, **kw):
+    from megatron_speech.speech_decoder.decode import DecodeConfig
+
+    return DecodeConfig(str(pairs / "tokens.jsonl"), str(output), "unused.nemo", griffin_lim_iterations=4, batch_size=2,
+                        **kw)
+
+
+def test_decoding_writes_a_speech_manifest_of_exact_lengths_and_resumes(pairs, trained, tmp_path):
+    from megatron_speech.speech.audio import read_wav
+    from megatron_speech.speech_decoder.decode import decode_tokens, load_decoder
+
+    model = load_decoder(str(trained))
+    whole = decode_tokens(_config_for(pairs, tmp_path / "whole"), model)
+    assert whole["written"] == 6 and whole["real_time_factor"] > 0
+    # shard 0 of 2 completes chunks 0, 2, ...; a torn part of chunk 1 is left as a killed writer leaves it
+    first = decode_tokens(_config_for(pairs, tmp_path / "cut", chunk_bytes=200, shard_index=0, num_shards=2), model)
+    parts = tmp_path / "cut" / "job" / "parts"
+    assert first["written"] >= 2 and not (tmp_path / "cut" / "manifest.jsonl").exists()
+    kept = {p: p.stat().st_mtime_ns for p in parts.glob("*.jsonl")}
+    (parts / "00001.jsonl.999.tmp").write_text("torn")
+    decode_tokens(_config_for(pairs, tmp_path / "cut", chunk_bytes=200, shard_index=1, num_shards=2), model)
+    assert (tmp_path / "cut" / "manifest.jsonl").read_text() == (tmp_path / "whole" / "manifest.jsonl").read_text()
+    assert not parts.exists() and all(m == kept[p] for p, m in kept.items() if p.exists())
+    lines = [json.loads(x) for x in (tmp_path / "cut" / "manifest.jsonl").read_text().splitlines()]
+    tokens = [json.loads(x) for x in (pairs / "tokens.jsonl").read_text().splitlines()]
+    assert [x["id"] for x in lines] == [t["id"] for t in tokens]
+    for line, record in zip(lines, tokens):
+        samples, rate = read_wav(tmp_path / "cut" / line["audio_filepath"])
+        assert rate == 16000 and len(samples) == TOKEN_SAMPLES * len(record["speech_tokens"])
+        assert line["speaker"] == "espeak:en-us"  # no speaker in the record: the first voice
+        whole_samples, _ = read_wav(tmp_path / "whole" / line["audio_filepath"])
+        # deterministic (the fixed noise, Griffin-Lim's fixed first phases) up to float rounding in other batches
+        assert np.abs(samples.astype(int) - whole_samples).max() <= 100, np.abs(samples.astype(int) - whole_samples).max()
+    assert decode_tokens(_config_for(pairs, tmp_path / "cut"), model)["already_done"]
+
+
+@pytest.mark.slow
+def test_decode_tool_resumes_after_a_kill(pairs, trained, tmp_path):
+    from megatron_speech.jobs import CRASH_AFTER_DOCS_ENV
+
+    crashed = _decode(pairs, tmp_path / "out", trained, env={CRASH_AFTER_DOCS_ENV: "3"})
+    assert crashed.returncode != 0 and not (tmp_path / "out" / "manifest.jsonl").exists()
+    resumed = _decode(pairs, tmp_path / "out", trained)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads(resumed.stdout.splitlines()[-1])["written"] == 6
+    assert len((tmp_path / "out" / "manifest.jsonl").read_text().splitlines()) == 6
+
+
+def test_bad_token_records_are_named_by_line_or_skipped(pairs, trained, tmp_path):
+    from megatron_speech.speech_decoder.decode import DecodeConfig, decode_tokens, load_decoder
+    from megatron_speech.data.corpus import CorpusError
+
+    model = load_decoder(str(trained))
+    lines = (pairs / "tokens.jsonl").read_text().splitlines()[:3]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join([lines[0], json.dumps({"id": "x", "speech_tokens": [1, 99]}), lines[1], "{broken"]) + "\n")
+    with pytest.raises(CorpusError, match=r"bad\.jsonl:2: speech token 99 is not a code of this decoder"):
+        decode_tokens(DecodeConfig(str(bad), str(tmp_path / "stop"), "unused.nemo", griffin_lim_iterations=2), model)
+    stats = decode_tokens(DecodeConfig(str(bad), str(tmp_path / "skip"), "unused.nemo", griffin_lim_iterations=2,
+                                       on_error="skip"), model)
+    assert stats["written"] == 2 and stats["skipped"] == 2
+    errors = [json.loads(x) for x in (tmp_path / "skip" / "manifest.jsonl.errors.jsonl").read_text().splitlines()]
+    assert [e["record"] for e in errors] == [2, 4]

@@ -1,0 +1,60 @@
+"""Train the speech decoder's token-to-mel model (NeMo model, Lightning trainer, Hydra config).
+
+    .venv/bin/python tools/train_speech_decoder.py                          # the mini recipe (flow head)
+    .venv/bin/python tools/train_speech_decoder.py model.net.head=l1 name=speech_decoder_mini_l1
+    .venv/bin/python tools/train_speech_decoder.py --config-name full       # GLM-4-Voice scale (a GPU)
+
+Writes <exp_dir>/<name>/<name>.nemo and <name>.train.json (steps, minutes, whether the time guard
+cut the schedule short, the last validation mel L1, library versions). A rerun resumes from the
+newest Lightning checkpoint in <exp_dir>/<name>/checkpoints/. Griffin-Lim, the mini vocoder, needs no
+training; tools/decode_speech.py turns tokens into audio with both.
+"""
+
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+from omegaconf import DictConfig, OmegaConf
+
+from nemo.core.config import hydra_runner
+
+from megatron_speech import atomic, nemo_runs
+from megatron_speech.speech_decoder.model import SpeechDecoderModel
+
+CONF = str(Path(__file__).resolve().parents[1] / "examples" / "speech_decoder" / "conf")
+
+
+def newest_checkpoint(folder: Path) -> str | None:
+    found = sorted(folder.glob("**/*.ckpt"), key=lambda p: p.stat().st_mtime)
+    return str(found[-1]) if found else None
+
+
+@hydra_runner(config_path=CONF, config_name="mini")
+def main(cfg: DictConfig) -> None:
+    out = Path(cfg.exp_manager.exp_dir) / cfg.name
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = pl.Trainer(**cfg.trainer, default_root_dir=str(out))
+    model = SpeechDecoderModel(cfg.model, trainer=trainer)
+    resume = newest_checkpoint(out / "checkpoints")
+    if resume:
+        print(f"resuming from {resume}", flush=True)
+    start = time.perf_counter()
+    trainer.fit(model, ckpt_path=resume)
+    minutes = (time.perf_counter() - start) / 60
+    model.save_to(str(out / f"{cfg.name}.nemo"))
+    max_steps = int(cfg.trainer.get("max_steps", -1))
+    cut_short = nemo_runs.cut_short(trainer, max_steps)
+    val = trainer.callback_metrics.get("val_mel_l1")
+    report = {"name": cfg.name, "head": model.net_settings.head, "train_minutes": round(minutes, 1),
+              "steps": trainer.global_step, "max_steps": max_steps, "cut_short": cut_short,
+              "val_mel_l1": None if val is None else float(val),
+              "parameters": sum(p.numel() for p in model.net.parameters()), "versions": nemo_runs.versions(),
+              "config": OmegaConf.to_container(model.cfg, resolve=True)}
+    atomic.write_json(out / f"{cfg.name}.train.json", report)
+    print(f"{cfg.name}: {trainer.global_step} steps in {minutes:.1f} min, validation mel L1 {report['val_mel_l1']}")
+    if cut_short:
+        nemo_runs.warn_cut_short(trainer.global_step, max_steps, cfg.trainer.get("max_time"))
+
+
+if __name__ == "__main__":
+    main()
