@@ -289,3 +289,20 @@ def test_bad_token_records_are_named_by_line_or_skipped(pairs, trained, tmp_path
     assert stats["written"] == 2 and stats["skipped"] == 2
     errors = [json.loads(x) for x in (tmp_path / "skip" / "manifest.jsonl.errors.jsonl").read_text().splitlines()]
     assert [e["record"] for e in errors] == [2, 4]
+
+
+def test_the_full_config_has_glm_4_voice_shapes():
+    """GLM-4-Voice scale (22.05 kHz, 80 bins, 16,384 codes at 12.5 Hz): built and run for shape only."""
+    from omegaconf import OmegaConf
+
+    from megatron_speech.config_loader import build
+
+    cfg = OmegaConf.load(ROOT / "examples" / "speech_decoder" / "conf" / "full.yaml")
+    mel = build(MelSettings, OmegaConf.to_container(cfg.model.mel), "model.mel")
+    assert (mel.sample_rate, mel.n_mels, mel.frames_per_token(12.5)) == (22050, 80, 7)
+    net = OmegaConf.to_container(cfg.model.net)
+    net.update(codebook_size=16384, num_speakers=4, frames_per_token=7, n_mels=80)
+    model = TokenToMel(build(TokenToMelSettings, net, "model.net")).eval()
+    tokens = torch.randint(0, 16384, (1, 13))
+    assert tuple(model.condition(tokens, torch.tensor([13]), torch.tensor([3])).shape) == (1, 80, 91)
+    assert 20e6 < sum(p.numel() for p in model.parameters()) < 60e6
