@@ -140,6 +140,18 @@ def write_error_report(path: str | Path, errors: list[dict]) -> None:
         path.unlink(missing_ok=True)
 
 
+def join_parts(job: "Job", chunks: list[Chunk], output: Path, suffix: str = "jsonl") -> None:
+    """Every chunk is complete: their ``suffix`` parts, in order, become ``output`` (renamed into
+    place), and their errors ``<output>.errors.jsonl``. Call it holding the job's "join" lock."""
+    tmp = output.with_name(f"{output.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as out:
+        for chunk in chunks:
+            with open(job.part(chunk, suffix), "rb") as part:
+                shutil.copyfileobj(part, out, 16 << 20)
+    write_error_report(f"{output}.errors.jsonl", sum_stats(job.stats(c) for c in chunks)["errors"])
+    os.replace(tmp, output)
+
+
 def maybe_crash(records_done: int) -> None:
     """The test hook: exit abruptly, as a killed job would, once ``records_done`` reaches the limit."""
     limit = int(os.environ.get(CRASH_AFTER_DOCS_ENV, "0"))

@@ -6,9 +6,9 @@ tokens round trip; real-time factors; streaming against offline.
         --decoder work/speech_decoder/speech_decoder_mini/speech_decoder_mini.nemo \
         --speech-tokenizer work/speech_tokenizer/whisper_vq_mini/whisper_vq_mini.nemo \
         --manifest work/speech_corpus/test.jsonl --manifest work/speech_corpus/test_heldout_voice.jsonl \
-        --voices flite:slt flite:awb flite:kal16 flite:rms espeak:en-us --limit 120 --output work/speech_decoder/eval.json
+        --voices flite:slt flite:awb flite:kal16 flite:rms espeak:en-us --limit 34 --output work/speech_decoder/eval.json
 
-Each --manifest is judged on its first --limit utterances of --voices (all voices if not given). A
+Each --manifest is judged on its first --limit utterances of each voice in --voices (all voices if not given). A
 voice the decoder's speaker table lacks (the held-out voice) is decoded as --fallback-speaker.
 The audio goes to <output stem>_audio/ beside <output>, with each utterance's transcripts (rows.jsonl).
 """
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--speech-tokenizer", required=True, help="the speech tokenizer .nemo whose tokens it decodes")
     parser.add_argument("--manifest", action="append", required=True, help="a speech manifest (repeatable)")
     parser.add_argument("--voices", nargs="+", help="only these voices of each manifest")
-    parser.add_argument("--limit", type=int, default=120, help="utterances a manifest")
+    parser.add_argument("--limit", type=int, default=34, help="utterances a voice")
     parser.add_argument("--judges", nargs="+", default=sorted(JUDGES), choices=sorted(JUDGES))
     parser.add_argument("--fallback-speaker", default="flite:slt")
     parser.add_argument("--griffin-lim-iterations", type=int, default=32)

@@ -34,7 +34,9 @@ def make_versions(decoder, tokenizer, manifest: Path, lines: list[tuple[int, dic
     utterance (voice, reference, the three paths, tokens, re-tokenized decoded tokens) and timings."""
     mel_settings, rate = decoder.mel_settings, decoder.mel_settings.sample_rate
     rows, timing = [], {"audio_seconds": 0.0, "token_to_mel_seconds": 0.0, "vocoder_seconds": 0.0}
-    for number, line in lines:
+    from tqdm import tqdm
+
+    for number, line in tqdm(lines, desc=f"decode {manifest.name}", unit="utt"):
         audio = load_audio(manifest, number, line, rate)
         tokens = tokenizer.tokenize(audio[None], torch.tensor([audio.numel()]))[0]
         true_mel = decoder.mel(audio[None])[0]
@@ -108,14 +110,15 @@ def streaming_check(decoder, rows: list[dict], limit: int = 10) -> dict:
 
 
 def read_lines(manifest: Path, limit: int, voices: list[str] | None = None) -> list[tuple[int, dict]]:
-    """(line number, record) of the first ``limit`` utterances, of ``voices`` only if given."""
-    out = []
+    """(line number, record) of the first ``limit`` utterances of each voice (of ``voices`` only, if given)."""
+    out, taken = [], {}
     with open(manifest) as f:
         for number, raw in enumerate(f, 1):
-            if raw.strip():
-                line = json.loads(raw)
-                if voices is None or line.get("speaker") in voices:
-                    out.append((number, line))
-            if len(out) == limit:
-                break
+            if not raw.strip():
+                continue
+            line = json.loads(raw)
+            voice = line.get("speaker", "")
+            if (voices is None or voice in voices) and taken.get(voice, 0) < limit:
+                out.append((number, line))
+                taken[voice] = taken.get(voice, 0) + 1
     return out

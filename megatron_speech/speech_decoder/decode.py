@@ -13,7 +13,6 @@ the run naming the file and line, or with ``on_error="skip"`` is listed in
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
@@ -164,11 +163,5 @@ def _join(job: jobs.Job, chunks: list[jobs.Chunk], manifest: Path) -> None:
     with job.lock("join"):
         if manifest.exists():
             return
-        tmp = manifest.with_name(f"{manifest.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as out:
-            for chunk in chunks:
-                with open(job.part(chunk, "jsonl"), "rb") as part:
-                    shutil.copyfileobj(part, out, 16 << 20)
-        jobs.write_error_report(f"{manifest}.errors.jsonl", jobs.sum_stats(job.stats(c) for c in chunks)["errors"])
-        os.replace(tmp, manifest)
+        jobs.join_parts(job, chunks, manifest)
     shutil.rmtree(job.folder)

@@ -18,7 +18,6 @@ line and file named, or with ``on_error="skip"`` is left out and listed in
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,11 +130,5 @@ def _join(job: jobs.Job, chunks: list[jobs.Chunk], output: Path, describe) -> No
         if output.exists():
             return
         speech_tokens.write_info(output, describe())
-        tmp = output.with_name(f"{output.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as out:
-            for chunk in chunks:
-                with open(job.part(chunk, "jsonl"), "rb") as part:
-                    shutil.copyfileobj(part, out, 16 << 20)
-        jobs.write_error_report(f"{output}.errors.jsonl", jobs.sum_stats(job.stats(c) for c in chunks)["errors"])
-        os.replace(tmp, output)
+        jobs.join_parts(job, chunks, output)
     shutil.rmtree(job.folder)
