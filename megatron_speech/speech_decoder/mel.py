@@ -64,11 +64,6 @@ class MelSpectrogram(torch.nn.Module):
         return (torch.log(torch.clamp(self.bank @ spec, min=LOG_FLOOR)) - s.mean) / s.std
 
 
-def silence(settings: MelSettings) -> float:
-    """The normalised value of a silent frame: what padding beyond an utterance's end holds."""
-    return (np.log(LOG_FLOOR) - settings.mean) / settings.std
-
-
 def griffin_lim(mels: torch.Tensor, settings: MelSettings, iterations: int = 32) -> np.ndarray:
     """Normalised log mels [n_mels, frames] -> float samples, ``hop_length`` a frame (librosa's mel
     inversion + Griffin-Lim): a speech token's 5 frames become its 1,280 samples.

@@ -79,13 +79,10 @@ class SpeechDecoderModel(ModelPT):
         return losses["loss"]
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
-        # the L1 distance of generated mels to the truth: comparable between the heads
         with torch.no_grad():
             mels = self.mel(batch["audio"])
             generated = self.net.generate(batch["tokens"], batch["token_lengths"], batch["speakers"])
-        frames = self.net.frame_lengths(batch["token_lengths"])
-        valid = (torch.arange(generated.shape[-1])[None] < frames[:, None])[:, None].float()
-        l1 = ((generated - mels[..., : generated.shape[-1]]).abs() * valid).sum() / (valid.sum() * generated.shape[1])
+        l1 = self.net.masked_l1(generated, mels, batch["token_lengths"])
         self.validation_step_outputs.append(l1)
         return l1
 

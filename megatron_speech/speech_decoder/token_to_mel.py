@@ -161,6 +161,17 @@ class TokenToMel(nn.Module):
     def frame_lengths(self, token_lengths: torch.Tensor) -> torch.Tensor:
         return token_lengths * self.settings.frames_per_token
 
+    def frame_mask(self, token_lengths: torch.Tensor, frames: int) -> torch.Tensor:
+        """[B, 1, frames]: 1.0 on each utterance's frames, 0.0 on padding."""
+        index = torch.arange(frames, device=token_lengths.device)[None]
+        return (index < self.frame_lengths(token_lengths)[:, None])[:, None].float()
+
+    def masked_l1(self, mels: torch.Tensor, target: torch.Tensor, token_lengths: torch.Tensor) -> torch.Tensor:
+        """Mean absolute difference over the valid frames (padding left out): the L1 loss and the
+        validation figure, comparable between the heads."""
+        valid = self.frame_mask(token_lengths, mels.shape[-1])
+        return ((mels - target[..., : mels.shape[-1]]).abs() * valid).sum() / (valid.sum() * mels.shape[1])
+
     # ---- the condition --------------------------------------------------------------------------
 
     def condition(self, tokens: torch.Tensor, token_lengths: torch.Tensor, speakers: torch.Tensor) -> torch.Tensor:
@@ -189,10 +200,9 @@ class TokenToMel(nn.Module):
         """Losses over the valid frames; ``mels`` [B, n_mels, >= frames] (normalised, ``mel.MelSpectrogram``)."""
         mu = self.condition(tokens, token_lengths, speakers)
         target = mels[..., : mu.shape[-1]]
-        valid = (torch.arange(mu.shape[-1], device=mu.device)[None] < self.frame_lengths(token_lengths)[:, None])
-        valid = valid[:, None].float()
+        valid = self.frame_mask(token_lengths, mu.shape[-1])
         weight = valid.sum() * mu.shape[1]
-        l1 = ((mu - target).abs() * valid).sum() / weight
+        l1 = self.masked_l1(mu, target, token_lengths)
         if self.settings.head == "l1":
             return {"loss": l1, "l1": l1}
         time = self.flow.generate_time(mu.shape[0]).to(mu.device)
