@@ -306,3 +306,119 @@ def test_the_full_config_has_glm_4_voice_shapes():
     tokens = torch.randint(0, 16384, (1, 13))
     assert tuple(model.condition(tokens, torch.tensor([13]), torch.tensor([3])).shape) == (1, 80, 91)
     assert 20e6 < sum(p.numel() for p in model.parameters()) < 60e6
+
+
+# ---- the vocoders ---------------------------------------------------------------------------------
+
+
+def _hifigan_config(mel: MelSettings | None = None, small: bool = False, pairs: Path | None = None):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(ROOT / "examples" / "speech_decoder" / "conf" / "hifigan_full.yaml")
+    if mel is not None:
+        cfg.model.mel = OmegaConf.create({k: getattr(mel, k) for k in cfg.model.mel})
+    if small:  # hop 256 = 8 x 8 x 4, a few channels
+        cfg.model.generator.update({"upsample_rates": [8, 8, 4], "upsample_kernel_sizes": [16, 16, 8],
+                                    "upsample_initial_channel": 32, "resblock_kernel_sizes": [3],
+                                    "resblock_dilation_sizes": [[1, 3, 5]]})
+        cfg.model.train_ds.dataset.n_samples = 32 * cfg.model.mel.hop_length
+    for split in ("train_ds", "validation_ds") if pairs else ():  # NeMo's dataset reads our manifest
+        cfg.model[split].dataset.dataset_meta.corpus = {"manifest_path": str(pairs / "manifest.jsonl"),
+                                                        "audio_dir": str(pairs)}
+        cfg.model[split].dataset.min_duration = 0.1
+        cfg.model[split].dataloader_params.num_workers = 0
+    return cfg
+
+
+def test_the_hifigan_hears_the_frames_the_decoder_makes():
+    """NeMo's preprocessor, as vocoder.py writes it, computes mel.py's log mels (half a hop later,
+    the exact-padding framing): a HiFi-GAN trained on its frames can voice the decoder's."""
+    from nemo.collections.asr.parts.preprocessing.features import FilterbankFeatures
+
+    from megatron_speech.speech_decoder.vocoder import hifigan_preprocessor
+
+    mel = MelSettings(sample_rate=22050, hop_length=252)
+    settings = {k: v for k, v in hifigan_preprocessor(mel).items() if k != "_target_"}
+    nemo_mels = FilterbankFeatures(**settings).eval()
+    t = torch.arange(100 * mel.hop_length) / mel.sample_rate
+    audio = (0.3 * torch.sin(2 * np.pi * 220 * t) * torch.sin(2 * np.pi * 3 * t)
+             + 0.05 * torch.randn(len(t), generator=torch.Generator().manual_seed(0)))[None].float()
+    theirs, _ = nemo_mels(audio, torch.tensor([audio.shape[1]]))
+    ours = MelSpectrogram(mel)(audio[:, mel.hop_length // 2:]) * mel.std + mel.mean
+    assert theirs.shape[-1] == 100  # exact padding: a frame a hop
+    inner = slice(2, 98)
+    assert (theirs[..., inner] - ours[..., inner]).abs().max() < 0.05
+    assert theirs[..., inner].std() > 0.5  # the signal is not silence
+
+
+def test_the_full_hifigan_config_turns_a_frame_into_a_hop():
+    from hydra.utils import instantiate
+
+    from megatron_speech.speech_decoder.vocoder import hifigan_model_config
+
+    cfg = _hifigan_config()
+    model = hifigan_model_config(cfg.model)
+    assert model.preprocessor.n_window_stride == 252 and model.preprocessor.sample_rate == 22050
+    generator = instantiate(model.generator).eval()
+    with torch.no_grad():
+        audio = generator(x=torch.randn(1, 80, 13 * 7))
+    assert audio.shape[-1] == 13 * 7 * 252  # 13 tokens at 12.5 Hz, 22.05 kHz
+    cfg.model.generator.upsample_rates = [8, 8, 4]
+    with pytest.raises(ValueError, match="not the hop 252"):
+        hifigan_model_config(cfg.model)
+
+
+def _saved_hifigan(path: Path, mel: MelSettings, pairs: Path) -> Path:
+    from nemo.collections.tts.models import HifiGanModel
+
+    from megatron_speech.speech_decoder.vocoder import hifigan_model_config
+
+    import lightning.pytorch as pl
+
+    torch.manual_seed(0)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         default_root_dir=str(path.parent))  # NeMo builds the datasets with the model
+    HifiGanModel(hifigan_model_config(_hifigan_config(mel, small=True, pairs=pairs).model), trainer).save_to(str(path))
+    return path
+
+
+def test_decoding_with_a_hifigan_and_refusing_one_of_other_frames(pairs, trained, tmp_path):
+    from megatron_speech.speech.audio import read_wav
+    from megatron_speech.speech_decoder.decode import DecodeConfig, decode_tokens, load_decoder
+
+    model = load_decoder(str(trained))
+    vocoder = _saved_hifigan(tmp_path / "hifigan.nemo", model.mel_settings, pairs)
+    config = DecodeConfig(str(pairs / "tokens.jsonl"), str(tmp_path / "out"), "unused.nemo", vocoder=str(vocoder))
+    assert decode_tokens(config, model)["written"] == 6
+    tokens = [json.loads(x) for x in (pairs / "tokens.jsonl").read_text().splitlines()]
+    for line, record in zip((tmp_path / "out" / "manifest.jsonl").read_text().splitlines(), tokens):
+        samples, rate = read_wav(tmp_path / "out" / json.loads(line)["audio_filepath"])
+        assert rate == 16000 and len(samples) == TOKEN_SAMPLES * len(record["speech_tokens"])
+    other = MelSettings(fmax=7600.0)
+    wrong = _saved_hifigan(tmp_path / "other.nemo", other, pairs)
+    with pytest.raises(ValueError, match=r"other\.nemo: this HiFi-GAN's mel frames are not .*highfreq: vocoder 7600"):
+        decode_tokens(DecodeConfig(str(pairs / "tokens.jsonl"), str(tmp_path / "x"), "unused.nemo",
+                                   vocoder=str(wrong)), model)
+
+
+@pytest.mark.slow
+def test_the_training_tool_trains_a_hifigan_on_a_speech_manifest(pairs, tmp_path):
+    """One step of a small HiFi-GAN on the tones (NeMo's dataset reading our manifest, relative paths)."""
+    tool = [sys.executable, str(ROOT / "tools" / "train_speech_decoder.py"), "--config-name", "hifigan_full",
+            "model.generator.upsample_rates=[8,8,4]", "model.generator.upsample_kernel_sizes=[16,16,8]",
+            "model.generator.upsample_initial_channel=16", "model.generator.resblock_kernel_sizes=[3]",
+            "model.generator.resblock_dilation_sizes=[[1,3,5]]", "model.mel.sample_rate=16000",
+            "model.mel.hop_length=256", "model.train_ds.dataset.n_samples=2048", "model.train_ds.dataset.min_duration=0.1",
+            "model.validation_ds.dataset.min_duration=0.1", "model.train_ds.dataloader_params.batch_size=2",
+            "model.train_ds.dataloader_params.num_workers=0", "model.validation_ds.dataloader_params.num_workers=0",
+            "model.validation_ds.dataloader_params.batch_size=1",
+            *[f"model.{s}.dataset.dataset_meta.corpus.{k}={v}" for s in ("train_ds", "validation_ds")
+              for k, v in (("manifest_path", pairs / "manifest.jsonl"), ("audio_dir", pairs))],
+            "trainer.accelerator=cpu", "trainer.devices=1", "trainer.strategy=auto", "trainer.max_steps=4",
+            "trainer.val_check_interval=2", "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1",
+            f"exp_manager.exp_dir={tmp_path}", "name=voc"]
+    done = subprocess.run(tool, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads((tmp_path / "voc" / "voc.train.json").read_text())
+    assert report["model"] == "hifigan" and report["steps"] >= 2 and report["val_mel_l1"] > 0
+    assert (tmp_path / "voc" / "voc.nemo").is_file()

@@ -1,4 +1,5 @@
-"""Speech tokens -> audio: the token-to-mel model, then the vocoder (Griffin-Lim on a CPU).
+"""Speech tokens -> audio: the token-to-mel model, then the vocoder (Griffin-Lim, or a HiFi-GAN .nemo
+trained on the same mel frames: examples/speech_decoder/conf/hifigan_full.yaml).
 
     .venv/bin/python tools/decode_speech.py work/speech_tokens/test.jsonl work/decoded/test \
         --model work/speech_decoder/speech_decoder_mini/speech_decoder_mini.nemo [--speaker flite:slt]
@@ -25,6 +26,7 @@ def main() -> None:
     parser.add_argument("--model", required=True, help=".nemo file of the speech decoder")
     parser.add_argument("--speaker", help="a training voice (default: each record's 'speaker', else the first voice)")
     parser.add_argument("--flow-steps", type=int, help="Euler steps of the flow head (default: the model's)")
+    parser.add_argument("--vocoder", default="griffin_lim", help="griffin_lim, or a HiFi-GAN .nemo file")
     parser.add_argument("--griffin-lim-iterations", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--on-error", choices=["stop", "skip"], default="stop")
@@ -33,14 +35,14 @@ def main() -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace another job's unfinished parts")
     args = parser.parse_args()
     index, count = jobs.shard_from_environment()
-    config = DecodeConfig(args.tokens, args.output, args.model, args.speaker,
+    config = DecodeConfig(args.tokens, args.output, args.model, args.speaker, vocoder=args.vocoder,
                           griffin_lim_iterations=args.griffin_lim_iterations, flow_steps=args.flow_steps,
                           batch_size=args.batch_size, on_error=args.on_error,
                           shard_index=index if args.shard_index is None else args.shard_index,
                           num_shards=count if args.num_shards is None else args.num_shards, overwrite=args.overwrite)
     try:
         stats = decode_tokens(config)
-    except (CorpusError, jobs.JobError, FileNotFoundError) as exc:
+    except (CorpusError, jobs.JobError, FileNotFoundError, ValueError) as exc:
         sys.exit(f"error: {exc}")
     print(json.dumps(stats))
 

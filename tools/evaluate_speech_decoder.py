@@ -1,6 +1,6 @@
-"""Judge the speech decoder: WER of original, copy-synthesis and decoded audio by two ASR judges we
-did not write (Whisper tiny.en through CTranslate2, PocketSphinx), per voice; the tokens -> audio ->
-tokens round trip; real-time factors; streaming against offline.
+"""Judge the speech decoder: WER of original, copy-synthesis and decoded audio (both through
+--vocoder) by two ASR judges we did not write (Whisper tiny.en through CTranslate2, PocketSphinx),
+per voice; the tokens -> audio -> tokens round trip; real-time factors; streaming against offline.
 
     .venv/bin/python tools/evaluate_speech_decoder.py \
         --decoder work/speech_decoder/speech_decoder_mini/speech_decoder_mini.nemo \
@@ -31,27 +31,30 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=34, help="utterances a voice")
     parser.add_argument("--judges", nargs="+", default=sorted(JUDGES), choices=sorted(JUDGES))
     parser.add_argument("--fallback-speaker", default="flite:slt")
+    parser.add_argument("--vocoder", default="griffin_lim", help="griffin_lim, or a HiFi-GAN .nemo file")
     parser.add_argument("--griffin-lim-iterations", type=int, default=32)
     parser.add_argument("--output", required=True)
     args = parser.parse_args()
 
     from megatron_speech.speech_decoder.decode import load_decoder
+    from megatron_speech.speech_decoder.vocoder import load_vocoder
     from megatron_speech.speech_tokenizer.load import load_speech_tokenizer
 
     decoder, tokenizer = load_decoder(args.decoder), load_speech_tokenizer(args.speech_tokenizer)
+    vocoder = load_vocoder(args.vocoder, decoder.mel_settings, args.griffin_lim_iterations)
     judges = {name: JUDGES[name]() for name in args.judges}
     output = Path(args.output)
     report = {"decoder": args.decoder, "speech_tokenizer": args.speech_tokenizer, "head": decoder.net_settings.head,
-              "griffin_lim_iterations": args.griffin_lim_iterations, "manifests": []}
+              "vocoder": args.vocoder, "griffin_lim_iterations": args.griffin_lim_iterations, "manifests": []}
     for manifest in map(Path, args.manifest):
         lines = decoded_speech.read_lines(manifest, args.limit, args.voices)
         folder = output.parent / f"{output.stem}_audio" / manifest.stem
         rows, timing = decoded_speech.make_versions(decoder, tokenizer, manifest, lines, folder, args.fallback_speaker,
-                                                    args.griffin_lim_iterations)
+                                                    vocoder)
         result = {"manifest": str(manifest), "utterances": len(rows), "wer": decoded_speech.judge_rows(rows, judges),
                   "round_trip_tokens_kept": decoded_speech.round_trip(rows),
                   "real_time_factor": {"token_to_mel": timing["token_to_mel_seconds"] / timing["audio_seconds"],
-                                       "griffin_lim": timing["vocoder_seconds"] / timing["audio_seconds"]},
+                                       "vocoder": timing["vocoder_seconds"] / timing["audio_seconds"]},
                   "streaming": decoded_speech.streaming_check(decoder, rows)}
         report["manifests"].append(result)
         atomic.write_text(folder / "rows.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
@@ -68,7 +71,7 @@ def table_lines(result: dict) -> list[str]:
                          f"| {g['decoded']:.1%} |")
     rtf, s = result["real_time_factor"], result["streaming"]
     lines += ["", f"round trip: {result['round_trip_tokens_kept']:.1%} of tokens kept; real-time factor token-to-mel "
-              f"{rtf['token_to_mel']:.3f}, Griffin-Lim {rtf['griffin_lim']:.3f}; streaming vs offline: max |diff| "
+              f"{rtf['token_to_mel']:.3f}, vocoder {rtf['vocoder']:.3f}; streaming vs offline: max |diff| "
               f"{s['max_abs_difference']:.2e}, first block after {s['first_block_seconds']:.3f} s", ""]
     return lines
 

@@ -1,13 +1,15 @@
-"""Train the speech decoder's token-to-mel model (NeMo model, Lightning trainer, Hydra config).
+"""Train the speech decoder's models (NeMo models, Lightning trainer, Hydra config): the token-to-mel
+model, or the HiFi-GAN vocoder of the full recipe (a config with ``model.generator``).
 
-    .venv/bin/python tools/train_speech_decoder.py                          # the mini recipe (flow head)
-    .venv/bin/python tools/train_speech_decoder.py model.net.head=l1 name=speech_decoder_mini_l1
+    .venv/bin/python tools/train_speech_decoder.py                          # the mini recipe
+    .venv/bin/python tools/train_speech_decoder.py model.net.head=flow name=speech_decoder_mini_flow
     .venv/bin/python tools/train_speech_decoder.py --config-name full       # GLM-4-Voice scale (a GPU)
+    .venv/bin/python tools/train_speech_decoder.py --config-name hifigan_full   # its vocoder (GPUs)
 
 Writes <exp_dir>/<name>/<name>.nemo and <name>.train.json (steps, minutes, whether the time guard
 cut the schedule short, the last validation mel L1, library versions). A rerun resumes from the
 newest Lightning checkpoint in <exp_dir>/<name>/checkpoints/. Griffin-Lim, the mini vocoder, needs no
-training; tools/decode_speech.py turns tokens into audio with both.
+training; tools/decode_speech.py turns tokens into audio with either vocoder.
 """
 
 import time
@@ -20,6 +22,7 @@ from nemo.core.config import hydra_runner
 
 from megatron_speech import atomic, nemo_runs
 from megatron_speech.speech_decoder.model import SpeechDecoderModel
+from megatron_speech.speech_decoder.vocoder import hifigan_model_config
 
 CONF = str(Path(__file__).resolve().parents[1] / "examples" / "speech_decoder" / "conf")
 
@@ -34,7 +37,7 @@ def main(cfg: DictConfig) -> None:
     out = Path(cfg.exp_manager.exp_dir) / cfg.name
     out.mkdir(parents=True, exist_ok=True)
     trainer = pl.Trainer(**cfg.trainer, default_root_dir=str(out))
-    model = SpeechDecoderModel(cfg.model, trainer=trainer)
+    model = build_model(cfg.model, trainer)
     resume = newest_checkpoint(out / "checkpoints")
     if resume:
         print(f"resuming from {resume}", flush=True)
@@ -44,16 +47,26 @@ def main(cfg: DictConfig) -> None:
     model.save_to(str(out / f"{cfg.name}.nemo"))
     max_steps = int(cfg.trainer.get("max_steps", -1))
     cut_short = nemo_runs.cut_short(trainer, max_steps)
-    val = trainer.callback_metrics.get("val_mel_l1")
-    report = {"name": cfg.name, "head": model.net_settings.head, "train_minutes": round(minutes, 1),
-              "steps": trainer.global_step, "max_steps": max_steps, "cut_short": cut_short,
-              "val_mel_l1": None if val is None else float(val),
-              "parameters": sum(p.numel() for p in model.net.parameters()), "versions": nemo_runs.versions(),
-              "config": OmegaConf.to_container(model.cfg, resolve=True)}
+    vocoder = "generator" in cfg.model
+    val = trainer.callback_metrics.get("val_loss" if vocoder else "val_mel_l1")
+    report = {"name": cfg.name, "model": "hifigan" if vocoder else model.net_settings.head,
+              "train_minutes": round(minutes, 1), "steps": trainer.global_step, "max_steps": max_steps,
+              "cut_short": cut_short, "val_mel_l1": None if val is None else float(val),
+              "parameters": sum(p.numel() for p in (model.generator if vocoder else model.net).parameters()),
+              "versions": nemo_runs.versions(), "config": OmegaConf.to_container(model.cfg, resolve=True)}
     atomic.write_json(out / f"{cfg.name}.train.json", report)
     print(f"{cfg.name}: {trainer.global_step} steps in {minutes:.1f} min, validation mel L1 {report['val_mel_l1']}")
     if cut_short:
         nemo_runs.warn_cut_short(trainer.global_step, max_steps, cfg.trainer.get("max_time"))
+
+
+def build_model(model: DictConfig, trainer: pl.Trainer | None):
+    """The token-to-mel model, or NeMo's HiFi-GAN on the same mel frames (``model.generator``)."""
+    if "generator" in model:
+        from nemo.collections.tts.models import HifiGanModel
+
+        return HifiGanModel(hifigan_model_config(model), trainer=trainer)
+    return SpeechDecoderModel(model, trainer=trainer)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ rendered as varied English prose (biographies and encyclopedic sentences about p
   text documents too (and as ``qa_train.jsonl``, the few-shot examples), and the evaluation set
   (``qa.jsonl``, contract 9) asks about the others only, whose facts only the prose states;
 - short stories with a coherent and an incoherent ending (``cloze.jsonl``, contract 9), a
-  StoryCloze-like test of plain language sense.
+  StoryCloze-like test of plain language sense, in pairs that swap their endings, so that nothing
+  but the context tells the right one.
 
 Everything is a function of ``WorldConfig`` (names and places are built from syllables by the seed).
 """
@@ -54,6 +55,8 @@ class WorldConfig:
             raise ValueError(f"people must be an even number of at least 2 (siblings come in pairs), got {self.people}")
         if self.places < 1 or self.stories < 0 or self.first_year > self.last_year:
             raise ValueError("need places >= 1, stories >= 0 and first_year <= last_year")
+        if self.stories % 2:
+            raise ValueError(f"stories must be even (they come in pairs that share their endings), got {self.stories}")
         if self.biographies < 1:
             raise ValueError(f"biographies must be at least 1, got {self.biographies}")
         if not 0 <= self.qa_in_text < 1:
@@ -183,27 +186,37 @@ def qa_document(p: Person) -> str:
 
 # ---- StoryCloze-like stories --------------------------------------------------------------------
 
-STORIES = (
-    ("{name} was very hungry after work. {Pronoun} walked into the kitchen. {Pronoun} opened the cupboard.",
-     "{Pronoun} made {objective}self a sandwich.", "{Pronoun} painted the ceiling blue."),
-    ("It started to rain heavily. {name} was far from home. {Pronoun} had no umbrella.",
-     "{Pronoun} got completely wet.", "{Pronoun} felt the hot sun burn {possessive} skin."),
-    ("{name} had an exam the next morning. {Pronoun} studied until midnight. {Pronoun} set an alarm.",
-     "{Pronoun} woke up early and went to the exam.", "{Pronoun} sold the alarm to a fisherman."),
-    ("{name} lost {possessive} keys. {Pronoun} searched the whole house. {Pronoun} looked under the sofa.",
-     "{Pronoun} found the keys there.", "{Pronoun} planted the sofa in the garden."),
-    ("The kettle began to whistle. {name} took a cup from the shelf. {Pronoun} chose a tea.",
-     "{Pronoun} poured the hot water into the cup.", "{Pronoun} poured the sand into the shoe."),
-    ("{name} saw a small bird fall from its nest. {Pronoun} picked it up gently. {Pronoun} found a ladder.",
-     "{Pronoun} put the bird back in its nest.", "{Pronoun} ate the ladder for lunch."),
+# Stories come in pairs whose coherent endings are each other's incoherent one: across a pair every
+# ending is right once and wrong once, so a score that ignores the context (length in words or in
+# speech tokens, word frequency) gets exactly half of each pair right, and only the context can lift
+# it above chance. (A first version paired each story with an absurd ending of its own, and the
+# coherent one was longer in 71 of 100 stories: summed log-likelihood then measured length.)
+STORY_PAIRS = (
+    (("{name} was very hungry after work. {Pronoun} walked into the kitchen. {Pronoun} opened the cupboard.",
+      "{Pronoun} made {objective}self a sandwich."),
+     ("It started to rain heavily. {name} was far from home. {Pronoun} had no umbrella.",
+      "{Pronoun} got completely wet.")),
+    (("{name} had an exam the next morning. {Pronoun} studied until midnight. {Pronoun} set an alarm.",
+      "{Pronoun} woke up early and went to the exam."),
+     ("{name} lost {possessive} keys. {Pronoun} searched the whole house. {Pronoun} looked under the sofa.",
+      "{Pronoun} found the keys there.")),
+    (("The kettle began to whistle. {name} took a cup from the shelf. {Pronoun} chose a tea.",
+      "{Pronoun} poured the hot water into the cup."),
+     ("{name} saw a small bird fall from its nest. {Pronoun} picked it up gently. {Pronoun} found a ladder.",
+      "{Pronoun} put the bird back in its nest.")),
 )
 
 
 def stories(people: list[Person], count: int, rng: random.Random) -> list[dict]:
+    """``count`` stories, two by two: story 2k and 2k+1 are the two halves of one pair (same person,
+    so the endings are the same words), each ending the right one in one story and the wrong one in
+    the other; the right ending's place (0 or 1) is random."""
     out = []
     for i in range(count):
-        person = people[i % len(people)]
-        context, good, bad = (_fill(t, person) for t in rng.choice(STORIES))
+        person = people[(i // 2) % len(people)]
+        pair = STORY_PAIRS[(i // 2) % len(STORY_PAIRS)]
+        (context, good), (_, bad) = pair[i % 2], pair[1 - i % 2]
+        context, good, bad = (_fill(t, person) for t in (context, good, bad))
         answer = rng.randrange(2)
         candidates = [good, bad] if answer == 0 else [bad, good]
         out.append({"id": f"story{i:05d}", "context": context, "candidates": candidates, "answer": answer})

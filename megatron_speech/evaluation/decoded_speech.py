@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from megatron_speech.speech.audio import load_audio, write_wav
-from megatron_speech.speech_decoder.mel import griffin_lim
+from megatron_speech.speech_decoder.vocoder import Vocoder
 
 VERSIONS = ("original", "copy_synthesis", "decoded")
 
@@ -29,10 +29,10 @@ def _write(path: Path, audio: np.ndarray, rate: int) -> Path:
 
 
 def make_versions(decoder, tokenizer, manifest: Path, lines: list[tuple[int, dict]], out: Path,
-                  fallback_speaker: str, iterations: int = 32) -> tuple[list[dict], dict]:
+                  fallback_speaker: str, vocoder: Vocoder) -> tuple[list[dict], dict]:
     """Write each utterance's copy-synthesis and decoded audio under ``out``; returns one row an
     utterance (voice, reference, the three paths, tokens, re-tokenized decoded tokens) and timings."""
-    mel_settings, rate = decoder.mel_settings, decoder.mel_settings.sample_rate
+    rate = decoder.mel_settings.sample_rate
     rows, timing = [], {"audio_seconds": 0.0, "token_to_mel_seconds": 0.0, "vocoder_seconds": 0.0}
     from tqdm import tqdm
 
@@ -41,12 +41,12 @@ def make_versions(decoder, tokenizer, manifest: Path, lines: list[tuple[int, dic
         tokens = tokenizer.tokenize(audio[None], torch.tensor([audio.numel()]))[0]
         true_mel = decoder.mel(audio[None])[0]
         name = Path(line["audio_filepath"]).stem + f"-{number}.wav"
-        copy = _write(out / "copy_synthesis" / name, griffin_lim(true_mel, mel_settings, iterations), rate)
+        copy = _write(out / "copy_synthesis" / name, vocoder(true_mel), rate)
         voice = line.get("speaker") if line.get("speaker") in list(decoder.cfg.speakers) else fallback_speaker
         began = time.perf_counter()
         mel = decoder.decode([tokens], [decoder.speaker_id(voice)])[0]
         middle = time.perf_counter()
-        decoded_audio = griffin_lim(mel, mel_settings, iterations)
+        decoded_audio = vocoder(mel)
         timing["token_to_mel_seconds"] += middle - began
         timing["vocoder_seconds"] += time.perf_counter() - middle
         timing["audio_seconds"] += len(decoded_audio) / rate

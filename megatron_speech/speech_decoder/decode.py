@@ -25,9 +25,7 @@ from megatron_speech import jobs
 from megatron_speech.data.corpus import CorpusError, read_records
 from megatron_speech.data.speech_tokens import SPEECH_FIELD
 from megatron_speech.speech.audio import write_wav
-from megatron_speech.speech_decoder.mel import griffin_lim
-
-VOCODERS = ("griffin_lim",)
+from megatron_speech.speech_decoder.vocoder import GRIFFIN_LIM, load_vocoder
 
 
 @dataclass
@@ -36,7 +34,7 @@ class DecodeConfig:
     output: str  # a folder: wav/, manifest.jsonl
     model: str  # the token-to-mel .nemo
     speaker: str | None = None  # a training voice; default: the record's "speaker", else the first voice
-    vocoder: str = "griffin_lim"
+    vocoder: str = GRIFFIN_LIM  # or a HiFi-GAN .nemo trained on the same frames (vocoder.py)
     griffin_lim_iterations: int = 32
     flow_steps: int | None = None  # default: the model's
     batch_size: int = 16
@@ -49,20 +47,24 @@ class DecodeConfig:
     def __post_init__(self) -> None:
         if self.on_error not in ("stop", "skip"):
             raise ValueError(f"on_error must be 'stop' or 'skip', got {self.on_error!r}")
-        if self.vocoder not in VOCODERS:
-            raise ValueError(f"vocoder must be one of {VOCODERS}, got {self.vocoder!r}")
+        if self.vocoder != GRIFFIN_LIM and not self.vocoder.endswith(".nemo"):
+            raise ValueError(f"vocoder must be {GRIFFIN_LIM!r} or a HiFi-GAN .nemo file, got {self.vocoder!r}")
 
     @property
     def manifest(self) -> Path:
         return Path(self.output) / "manifest.jsonl"
 
     def job(self) -> jobs.Job:
-        model = Path(self.model)
-        model_key = (str(model.resolve()), model.stat().st_size, model.stat().st_mtime_ns) if model.exists() else self.model
-        key = [jobs.input_signature([self.tokens]), model_key, self.speaker, self.vocoder, self.griffin_lim_iterations,
-               self.flow_steps, self.chunk_bytes]
+        key = [jobs.input_signature([self.tokens]), _file_key(self.model), self.speaker, _file_key(self.vocoder),
+               self.griffin_lim_iterations, self.flow_steps, self.chunk_bytes]
         return jobs.Job(Path(self.output) / "job", "speech decoding", jobs.fingerprint(key),
                         {"inputs": [self.tokens], "chunk_bytes": self.chunk_bytes})
+
+
+def _file_key(name: str) -> object:
+    """A model file as a job's key: a retrained model is another job."""
+    path = Path(name)
+    return (str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else name
 
 
 def wav_name(record_id: str) -> str:
@@ -80,7 +82,7 @@ def _checked(path: Path, number: int, record: object, codebook_size: int) -> dic
     return record
 
 
-def _decode_chunk(config: DecodeConfig, model, chunk: jobs.Chunk, tmp: dict[str, Path]) -> dict:
+def _decode_chunk(config: DecodeConfig, model, vocoder, chunk: jobs.Chunk, tmp: dict[str, Path]) -> dict:
     tokens = Path(config.tokens)
     written, seconds, compute, errors, batch = 0, 0.0, 0.0, [], []
     codebook = model.net_settings.codebook_size
@@ -95,15 +97,15 @@ def _decode_chunk(config: DecodeConfig, model, chunk: jobs.Chunk, tmp: dict[str,
                     raise
                 errors.append(jobs.error_record(exc))
             if len(batch) == config.batch_size:
-                done = _write_batch(config, model, batch, out)
+                done = _write_batch(config, model, vocoder, batch, out)
                 written, seconds, compute, batch = written + done[0], seconds + done[1], compute + done[2], []
             jobs.maybe_crash(written + len(batch) + len(errors))
-        done = _write_batch(config, model, batch, out)
+        done = _write_batch(config, model, vocoder, batch, out)
     return {"written": written + done[0], "audio_seconds": seconds + done[1], "compute_seconds": compute + done[2],
             "skipped": len(errors), "errors": errors}
 
 
-def _write_batch(config: DecodeConfig, model, batch: list[tuple[int, dict]], out) -> tuple[int, float, float]:
+def _write_batch(config: DecodeConfig, model, vocoder, batch: list[tuple[int, dict]], out) -> tuple[int, float, float]:
     """(records, seconds of audio, seconds of compute) of one batch, its wavs written."""
     if not batch:
         return 0, 0.0, 0.0
@@ -112,7 +114,7 @@ def _write_batch(config: DecodeConfig, model, batch: list[tuple[int, dict]], out
     mels = model.decode([r[SPEECH_FIELD] for _, r in batch], speakers, config.flow_steps)
     rate, seconds = model.mel_settings.sample_rate, 0.0
     for (number, record), mel, speaker in zip(batch, mels, speakers):
-        audio = griffin_lim(mel, model.mel_settings, config.griffin_lim_iterations)
+        audio = vocoder(mel)
         name = wav_name(str(record.get("id") or f"line{number}"))
         write_wav(Path(config.output) / "wav" / name, np.round(audio * 32767).astype(np.int16), rate)
         seconds += len(audio) / rate
@@ -133,9 +135,10 @@ def decode_tokens(config: DecodeConfig, model=None) -> dict:
     with job.lock(f"shard-{config.shard_index}-of-{config.num_shards}"):
         if job.missing(mine) and model is None:
             model = load_decoder(config.model)
+        vocoder = load_vocoder(config.vocoder, model.mel_settings, config.griffin_lim_iterations) if model else None
 
         def run_one(chunk: jobs.Chunk) -> dict:
-            return job.run_chunk(chunk, ("jsonl",), lambda tmp: _decode_chunk(config, model, chunk, tmp))
+            return job.run_chunk(chunk, ("jsonl",), lambda tmp: _decode_chunk(config, model, vocoder, chunk, tmp))
 
         results = jobs.execute(mine, run_one, desc="decode speech", postfix=_progress)
     total = jobs.sum_stats(results.values())
