@@ -131,6 +131,29 @@ def test_layouts_decode_back_and_match_the_reference(tmp_path, write_jsonl, toke
     assert meta["layout"] == layout and meta["tokenizer_fingerprint"] == tokenizer.fingerprint()
 
 
+@pytest.mark.parametrize("backend", ["cpp", "python"])
+def test_tts_with_a_voice_field_names_the_voice_before_the_text(tmp_path, write_jsonl, tokenizers, backend):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from megatron_speech.lm_tokenizer import normalize_segments
+
+    records = [{**r, "speaker": ["flite:slt", "espeak:en-gb"][i % 2]} for i, r in enumerate(_records("tts", n=6))]
+    _run([write_jsonl("voices.jsonl", records)], tmp_path / "v", tokenizers["small"], layout="tts",
+         voice_field="speaker", backend=backend)
+    tokenizer = SpeechTextTokenizer.load(tokenizers["small"])
+    dataset = IndexedDataset(str(tmp_path / "v"))
+    for record, ids in zip(records, (dataset[i] for i in range(len(dataset)))):
+        expected = [TextSegment(f"[{record['speaker']}] {record['text']}"), AudioSegment(tuple(record["speech_tokens"]))]
+        assert tokenizer.decode(ids[:-1]) == normalize_segments(expected)
+    assert indexed.read_metadata(tmp_path / "v")["voice_field"] == "speaker"
+    # a record without its voice is named by file and line; a voice field means nothing outside tts
+    bad = write_jsonl("novoice.jsonl", [records[0], {k: v for k, v in records[1].items() if k != "speaker"}])
+    with pytest.raises(CorpusError, match=r"novoice.jsonl:2: missing field 'speaker'"):
+        _run([bad], tmp_path / "bad", tokenizers["small"], layout="tts", voice_field="speaker", backend=backend)
+    with pytest.raises(ValueError, match="tts layout only"):
+        PreprocessConfig([str(bad)], str(tmp_path / "asr"), str(tokenizers["small"]), layout="asr", voice_field="speaker")
+
+
 def test_gpt_dataset_reads_the_output(tmp_path, write_jsonl, tokenizers):
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
     from megatron.core.datasets.indexed_dataset import IndexedDataset

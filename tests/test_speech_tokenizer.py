@@ -167,6 +167,7 @@ def test_tokens_feed_the_preprocessing_tool(small_corpus, tmp_path, text_tokeniz
     for record, line in zip(records, manifest):
         samples, _ = read_wav(small_corpus / line["audio_filepath"])
         assert len(record["speech_tokens"]) == samples.size // 1280 and record["text"] == line["text"]
+        assert record["speaker"] == line["speaker"]  # kept for a voice-conditioned text-to-token model
     # a vocabulary with as many speech codes as this tokenizer has (contract 2 refuses another size)
     SpeechTextTokenizer.from_text_tokenizer(text_tokenizer_file, model.quantizer.num_codes).save(tmp_path / "tok")
     for layout in ("speech", "asr", "tts"):

@@ -258,11 +258,15 @@ class _OracleGenerator:
     """Returns each text's real tokens: a text-to-token model that is exactly right."""
 
     def __init__(self, tokens_by_text: dict[str, list[int]]) -> None:
-        self.tokens_by_text = tokens_by_text
+        from megatron_speech.synthesis.generate import GenerationConfig
 
-    def generate(self, texts, seeds):
+        self.tokens_by_text = tokens_by_text
+        self.config = GenerationConfig()
+
+    def generate(self, texts, seeds, voices=None):
         from megatron_speech.synthesis.generate import SpanResult
 
+        self.voices = voices
         return [SpanResult(tuple(self.tokens_by_text[t]), 1) if t in self.tokens_by_text
                 else SpanResult(None, 1, "too short") for t in texts]
 
@@ -284,3 +288,34 @@ def test_wer_check_scores_an_exact_model_like_real_tokens():
     hyps = speech_model.transcribe_tokens([r["speech_tokens"] for r in records[:3]])
     assert [e["transcript"] for e in exact["examples"]] == hyps
     assert [e["text"] for e in exact["examples"]] == ["the cat sat", "a dog ran home", "birds fly south"]
+
+
+def test_each_span_is_spoken_in_the_voice_it_is_given(speech_tokenizer, monkeypatch):
+    from megatron_speech.synthesis.generate import GenerationConfig, SpanGenerator
+
+    generator = SpanGenerator(torch.nn.Linear(1, 1), speech_tokenizer, GenerationConfig(voice="flite:slt"))
+    tok = speech_tokenizer
+    assert generator.prompt("the cat", "espeak:en-gb") == [tok.eod, *tok.tokenize("[espeak:en-gb] the cat"), tok.boa]
+    assert generator.prompt("the cat") == [tok.eod, *tok.tokenize("the cat"), tok.boa]
+    seen = []
+    monkeypatch.setattr(generator, "decode", lambda prompts, max_new, seeds: seen.extend(prompts) or [[]] * len(prompts))
+    generator.generate(["a dog", "the cat"], [0, 1])
+    generator.generate(["a dog", "the cat"], [0, 1], voices=["awb", "rms"])
+    assert sorted(seen) == sorted([generator.prompt("a dog", "flite:slt"), generator.prompt("the cat", "flite:slt"),
+                                   generator.prompt("a dog", "awb"), generator.prompt("the cat", "rms")])
+
+
+def test_the_wer_check_speaks_each_text_in_its_records_voice():
+    from megatron_speech.synthesis.evaluate import evaluate_synthesis
+    from test_speech_tokenizer import _model
+
+    speech_model = _model().eval()
+    records = [{"id": "a", "text": "a dog ran home", "speech_tokens": list(range(8)), "speaker": "flite:slt"},
+               {"id": "b", "text": "birds fly south", "speech_tokens": list(range(10)), "speaker": "espeak:en-gb"}]
+    oracle = _OracleGenerator({r["text"]: r["speech_tokens"] for r in records})
+    report = evaluate_synthesis(oracle, speech_model, records, voices_from_records=True)
+    assert oracle.voices == ["flite:slt", "espeak:en-gb"]
+    assert sorted(report["synthetic_wer_by_voice"]) == ["espeak:en-gb", "flite:slt"]
+    with pytest.raises(ValueError, match="record 1 .'b'. has no 'speaker'"):
+        evaluate_synthesis(oracle, speech_model, [records[0], {k: v for k, v in records[1].items() if k != "speaker"}],
+                           voices_from_records=True)

@@ -23,6 +23,8 @@ def main() -> None:
     parser.add_argument("--speech-tokenizer", required=True, help=".nemo file whose ASR head transcribes")
     parser.add_argument("--texts", required=True, help="speech-token jsonl with the texts to synthesize")
     parser.add_argument("--limit", type=int, help="at most this many texts")
+    parser.add_argument("--voices-from-records", action="store_true",
+                        help="a voice-conditioned model: speak each text in its record's voice (speaker)")
     parser.add_argument("--output", help="write the report here as JSON")
     config_loader.add_overrides_argument(parser)
     args = parser.parse_args()
@@ -38,7 +40,8 @@ def main() -> None:
         check_same_tokenizer(args.texts, describe(args.speech_tokenizer, speech_model), args.speech_tokenizer)
     except SpeechTokenMismatch as exc:
         raise SystemExit(f"error: {exc}") from None
-    report = evaluate_synthesis(load_generator(config), speech_model, read_records(args.texts, args.limit))
+    report = evaluate_synthesis(load_generator(config), speech_model, read_records(args.texts, args.limit),
+                                voices_from_records=args.voices_from_records)
     report["texts"] = args.texts
     if args.output:
         atomic.write_json(args.output, report)

@@ -22,6 +22,8 @@ def main() -> None:
     parser.add_argument("--output-prefix", required=True)
     parser.add_argument("--layout", choices=LAYOUTS, default="text")
     parser.add_argument("--field", default="text", help="the text field of each record")
+    parser.add_argument("--voice-field", help="tts layout: the field naming each record's voice (e.g. speaker), "
+                        "read before the text so the text-to-token model is told which voice to speak")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--on-error", choices=("stop", "skip"), default="stop",
                         help="skip: leave bad records out and list them in <prefix>.errors.jsonl")
@@ -31,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     config = PreprocessConfig(
         inputs=args.inputs, output_prefix=args.output_prefix, tokenizer=args.tokenizer, layout=args.layout,
-        field=args.field, workers=args.workers, on_error=args.on_error, chunk_bytes=max(1, int(args.chunk_mb * (1 << 20))),
+        field=args.field, voice_field=args.voice_field, workers=args.workers, on_error=args.on_error, chunk_bytes=max(1, int(args.chunk_mb * (1 << 20))),
         backend=args.backend, overwrite=args.overwrite,
     )
     try:

@@ -4,6 +4,7 @@
     speech       <|begin_of_audio|> audio <|end_of_audio|>                <eod>
     asr          <|begin_of_audio|> audio <|end_of_audio|> transcript     <eod>
     tts          text <|begin_of_audio|> audio <|end_of_audio|>           <eod>
+                 ([voice] text ... with ``voice_field``: a voice-conditioned text-to-token model)
     interleaved  text and audio segments in record order                  <eod>
 
 Records are validated here, so a bad one is reported with its file and line before any byte of it
@@ -21,6 +22,24 @@ from megatron_speech.lm_tokenizer import AudioSegment, Segment, SpeechTextTokeni
 
 LAYOUTS = ("text", "speech", "asr", "tts", "interleaved")
 SPEECH_TOKEN_LAYOUTS = ("speech", "asr", "tts")  # read speech-token jsonl (contract 2)
+
+
+def voice_text(voice: str | None, text: str) -> str:
+    """The words a TTS sample (or a synthesis prompt) reads, with the voice named first. Why: the
+    Whisper-derived tokenizer's codes carry the voice as well as the words; a text-to-token model
+    not told which voice to speak predicts an average of eight voices, and greedy decoding of that
+    average is transcribed far worse than any one voice (examples/synthesize/README.md)."""
+    return text if voice is None else f"[{voice}] {text}"
+
+
+def _voice(record: dict, voice_field: str, path, number: int) -> str:
+    if voice_field not in record:
+        raise CorpusError(path, number, f"missing field {voice_field!r} (the voice this TTS pair is spoken in)")
+    voice = record[voice_field]
+    if not isinstance(voice, str) or not voice.strip() or any(c in voice for c in "[]\n"):
+        raise CorpusError(path, number, f"field {voice_field!r} (the voice) must be a non-empty string "
+                                        f"without brackets or newlines, got {voice!r}")
+    return voice
 
 
 def _codes(value: object, codebook_size: int, path, number: int, where: str) -> tuple[int, ...]:
@@ -62,11 +81,15 @@ def _interleaved(record: dict, codebook_size: int, path, number: int) -> list[Se
 
 
 def parse_record(
-    layout: str, record: object, codebook_size: int, path: Path | str, number: int, field: str = "text"
+    layout: str, record: object, codebook_size: int, path: Path | str, number: int, field: str = "text",
+    voice_field: str | None = None,
 ) -> list[Segment]:
-    """The record's segments in its layout; raises ``CorpusError`` naming file and line."""
+    """The record's segments in its layout; raises ``CorpusError`` naming file and line.
+    ``voice_field`` (tts only): the record's field naming its voice, put before the text."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+    if voice_field is not None and layout != "tts":
+        raise ValueError(f"a voice field is for the tts layout only, not {layout!r}")
     if isinstance(record, CorpusError):
         raise record
     if not isinstance(record, dict):
@@ -78,7 +101,10 @@ def parse_record(
     if layout == "asr":
         return [_speech(record, codebook_size, path, number), TextSegment(text_field(record, field, path, number))]
     if layout == "tts":
-        return [TextSegment(text_field(record, field, path, number)), _speech(record, codebook_size, path, number)]
+        text = text_field(record, field, path, number)
+        if voice_field is not None:
+            text = voice_text(_voice(record, voice_field, path, number), text)
+        return [TextSegment(text), _speech(record, codebook_size, path, number)]
     return _interleaved(record, codebook_size, path, number)
 
 

@@ -37,6 +37,7 @@ class PreprocessConfig:
     tokenizer: str  # directory written by SpeechTextTokenizer.save
     layout: str = "text"
     field: str = "text"
+    voice_field: str | None = None  # tts only: the field naming each record's voice (layouts.voice_text)
     workers: int = 1
     on_error: str = "stop"  # stop | skip
     chunk_bytes: int = 64 << 20
@@ -53,6 +54,8 @@ class PreprocessConfig:
             raise ValueError(f"backend must be 'cpp' or 'python', got {self.backend!r}")
         if not self.inputs:
             raise ValueError("no input files")
+        if self.voice_field is not None and self.layout != "tts":
+            raise ValueError(f"voice_field is for the tts layout only, not {self.layout!r}")
         if self.chunk_bytes < 1 or self.batch_documents < 1 or self.workers < 1:
             raise ValueError("chunk_bytes, batch_documents and workers must be positive")
 
@@ -125,7 +128,8 @@ def _documents(config: PreprocessConfig, chunk: jobs.Chunk, codebook_size: int, 
     skip = config.on_error == "skip"
     for number, record in read_records(chunk.path, chunk.start, chunk.end, strict=not skip):
         try:
-            yield parse_record(config.layout, record, codebook_size, chunk.path, number, config.field)
+            yield parse_record(config.layout, record, codebook_size, chunk.path, number, config.field,
+                               config.voice_field)
         except CorpusError as exc:
             if not skip:
                 raise
@@ -177,7 +181,7 @@ def _job_fingerprint(config: PreprocessConfig, tokenizer: SpeechTextTokenizer) -
     # Not on_error: a complete chunk has the same bytes either way (under "stop" a bad record stops
     # its chunk before the marker), so a rerun with --on-error skip after a stop keeps the shards.
     return jobs.fingerprint([jobs.input_signature(config.inputs), config.layout, config.field, config.chunk_bytes,
-                             tokenizer.fingerprint()])
+                             tokenizer.fingerprint(), *([config.voice_field] if config.voice_field else [])])
 
 
 def _job(config: PreprocessConfig, tokenizer: SpeechTextTokenizer) -> jobs.Job:
@@ -263,6 +267,7 @@ def _merge(config: PreprocessConfig, job: jobs.Job, chunks: list[jobs.Chunk], re
     os.replace(tmp_idx, f"{prefix}.idx")
     indexed.write_metadata(prefix, {
         "layout": config.layout,
+        "voice_field": config.voice_field,
         "tokenizer_fingerprint": tokenizer.fingerprint(),
         "vocab_size": tokenizer.vocab_size,
         "dtype": np.dtype(dtype).name,

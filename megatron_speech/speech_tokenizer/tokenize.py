@@ -85,6 +85,8 @@ def _write_batch(out, model, batch: list[tuple[dict, object]]) -> int:
     for (line, _), tokens in zip(batch, codes):
         record = {"id": line.get("id", line["audio_filepath"]), "text": line.get("text", ""),
                   speech_tokens.SPEECH_FIELD: tokens}
+        if "speaker" in line:  # the voice, for a voice-conditioned text-to-token model
+            record["speaker"] = line["speaker"]
         out.write(json.dumps(record) + "\n")
     return len(batch)
 

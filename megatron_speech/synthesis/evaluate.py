@@ -24,23 +24,33 @@ def _error_rates(hyps: list[str], refs: list[str]) -> tuple[float, float]:
     return float(word_error_rate(hyps, refs)), float(word_error_rate(hyps, refs, use_cer=True))
 
 
-def evaluate_synthesis(generator: SpanGenerator, speech_model, records: list[dict], batch_size: int = 32) -> dict:
-    """``records``: ``{text, speech_tokens?}`` (tokenize_speech output); one synthesized span each."""
+def evaluate_synthesis(generator: SpanGenerator, speech_model, records: list[dict], batch_size: int = 32,
+                       voices_from_records: bool = False) -> dict:
+    """``records``: ``{text, speech_tokens?, speaker?}`` (tokenize_speech output); one synthesized span
+    each. ``voices_from_records``: a voice-conditioned model speaks each text in the voice of its
+    real recording (``speaker``), so synthetic and real tokens are compared voice for voice."""
     texts = [r["text"] for r in records]
-    results = generator.generate(texts, seeds=list(range(len(texts))))
-    accepted = [(t, r.codes) for t, r in zip(texts, results) if r.codes is not None]
+    voices = [_speaker(r, i) for i, r in enumerate(records)] if voices_from_records else None
+    results = generator.generate(texts, seeds=list(range(len(texts))), voices=voices)
+    kept = [i for i, r in enumerate(results) if r.codes is not None]
     hyps: list[str] = []
-    for start in range(0, len(accepted), batch_size):
-        hyps += speech_model.transcribe_tokens([list(c) for _, c in accepted[start:start + batch_size]])
-    refs = [normalize_text(t) for t, _ in accepted]
+    for start in range(0, len(kept), batch_size):
+        hyps += speech_model.transcribe_tokens([list(results[i].codes) for i in kept[start:start + batch_size]])
+    refs = [normalize_text(texts[i]) for i in kept]
     report = {
         "spans": len(texts),
-        "accepted": len(accepted),
+        "accepted": len(kept),
+        "voice": "each record's speaker" if voices_from_records else generator.config.voice,
         "rejected_reasons": sorted({r.reason for r in results if r.codes is None}),
-        "synthetic_tokens_per_char": sum(len(c) for _, c in accepted) / max(1, sum(len(t) for t in refs)),
+        "synthetic_tokens_per_char": sum(len(results[i].codes) for i in kept) / max(1, sum(len(t) for t in refs)),
         "examples": [{"text": r, "transcript": h} for r, h in list(zip(refs, hyps))[:5]],
     }
     report["synthetic_wer"], report["synthetic_cer"] = _error_rates(hyps, refs)
+    if voices is not None:
+        report["synthetic_wer_by_voice"] = {
+            v: _error_rates([h for i, h in zip(kept, hyps) if voices[i] == v],
+                            [r for i, r in zip(kept, refs) if voices[i] == v])[0]
+            for v in sorted({voices[i] for i in kept})}
     real = [r for r in records if r.get("speech_tokens")]
     if real:
         real_hyps = []
@@ -51,6 +61,14 @@ def evaluate_synthesis(generator: SpanGenerator, speech_model, records: list[dic
         report["real_tokens_per_char"] = sum(len(r["speech_tokens"]) for r in real) / max(
             1, sum(len(normalize_text(r["text"])) for r in real))
     return report
+
+
+def _speaker(record: dict, index: int) -> str:
+    voice = record.get("speaker")
+    if not isinstance(voice, str) or not voice:
+        raise ValueError(f"record {index} ({record.get('id')!r}) has no 'speaker' to speak it in; "
+                         "tokenize the manifest again (tools/tokenize_speech.py keeps its speakers)")
+    return voice
 
 
 def read_records(path: str | Path, limit: int | None = None) -> list[dict]:

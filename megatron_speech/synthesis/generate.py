@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from megatron_speech.data.layouts import voice_text
 from megatron_speech.models.decoding import decode_batch, speech_ids
 from megatron_speech.speech.text import normalize_text
 from megatron_speech.lm_tokenizer import SpeechTextTokenizer
@@ -43,6 +44,10 @@ class GenerationConfig:
     # The text the model was trained on: the speech corpus's transcripts are normalized (lower case,
     # letters and apostrophes), so span texts are normalized the same way before they are spoken.
     normalize_text: bool = True
+    # The voice to speak, for a model trained on voice-named TTS pairs (preprocess --voice-field,
+    # ``layouts.voice_text``): one of its training voices, e.g. "espeak:en-gb". None: a model
+    # trained without voices.
+    voice: str | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -77,17 +82,19 @@ class SpanGenerator:
     def spoken_text(self, text: str) -> str:
         return normalize_text(text) if self.config.normalize_text else text
 
-    def prompt(self, text: str) -> list[int]:
-        """``<eod> text <|begin_of_audio|>`` for the text as the model reads it (``spoken_text``)."""
+    def prompt(self, text: str, voice: str | None = None) -> list[int]:
+        """``<eod> [voice] text <|begin_of_audio|>`` for the text as the model reads it (``spoken_text``)."""
         tok = self.tokenizer
-        return [tok.eod, *tok.tokenize(text), tok.boa]
+        return [tok.eod, *tok.tokenize(voice_text(voice, text)), tok.boa]
 
     # ---- the whole job: batches, checks, retries ----------------------------------------------
 
-    def generate(self, texts: list[str], seeds: list[int]) -> list[SpanResult]:
-        """One result per text, in order. ``seeds`` seed each span's sampler (unused when greedy)."""
+    def generate(self, texts: list[str], seeds: list[int], voices: list[str] | None = None) -> list[SpanResult]:
+        """One result per text, in order. ``seeds`` seed each span's sampler (unused when greedy);
+        ``voices``, each span's voice (default: the config's ``voice`` for every span)."""
         spoken = [self.spoken_text(t) for t in texts]
-        prompts = [self.prompt(t) for t in spoken]
+        voices = voices if voices is not None else [self.config.voice] * len(texts)
+        prompts = [self.prompt(t, v) for t, v in zip(spoken, voices)]
         bounds = [self.config.length_bounds(t) for t in spoken]
         results = [SpanResult(None, 0, "nothing to speak")] * len(texts)
         pending = [i for i, t in enumerate(spoken) if t.strip()]
