@@ -8,6 +8,13 @@ cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
 SPEECH_TOKENIZER=${SPEECH_TOKENIZER:-work/speech_tokenizer/whisper_vq_mini/whisper_vq_mini.nemo}
 W=work/t2t
+# VOICE=espeak:en-gb: TTS pairs name their voice, the WER check speaks each test sentence in its
+# recording's voice, synthesis speaks in VOICE (README: measured, no better; off by default)
+VOICE=${VOICE:-}
+PAIRS=(); CHECK=(); SPEAK=()
+if [ -n "$VOICE" ]; then
+  PAIRS=(--voice-field speaker); CHECK=(--voices-from-records); SPEAK=(--set "generation.voice=$VOICE")
+fi
 
 # 1. speech tokens of the corpus (contract 2)
 for split in train test test_heldout_voice; do
@@ -18,24 +25,22 @@ done
 #    (as many as the speech tokenizer has: recorded beside its tokens)
 [ -f $W/tokenizer/speech_text_tokenizer.json ] || $PY tools/build_tokenizer.py $W/tokenizer \
   --train-on $W/tokens_train.jsonl --text-vocab-size 512 --codebook-of $W/tokens_train.jsonl
-# 3. TTS pairs as indexed binaries: [voice] text <|begin_of_audio|> tokens <|end_of_audio|> (the voice
-#    named, so the model need not average eight voices; synthesis picks one: mini.yaml's generation.voice)
+# 3. TTS pairs as indexed binaries: [voice] text <|begin_of_audio|> tokens <|end_of_audio|> ([voice] with VOICE)
 [ -f $W/data/tts_train.meta.json ] || $PY tools/preprocess_data.py $W/tokens_train.jsonl \
-  --tokenizer $W/tokenizer --output-prefix $W/data/tts_train --layout tts --voice-field speaker
+  --tokenizer $W/tokenizer --output-prefix $W/data/tts_train --layout tts "${PAIRS[@]}"
 # 4. train through the pre-training entry point (resumes if interrupted)
 $PY -m torch.distributed.run --standalone --nproc-per-node "${NPROC:-2}" tools/pretrain.py \
   --config examples/synthesize/configs/text_to_token_mini.yaml
-# 5. do the synthetic tokens keep their words? Held-out sentences, each spoken in the training voice
-#    of its real recording (synthetic against real, voice for voice), then all in mini.yaml's voice
-#    beside the held-out voice's real tokens of the same sentences
+# 5. do the synthetic tokens keep their words? (held-out sentences, training voices and held-out voice)
 [ -f $W/eval_test.json ] || $PY tools/evaluate_synthesis.py --config examples/synthesize/mini.yaml \
-  --speech-tokenizer "$SPEECH_TOKENIZER" --texts $W/tokens_test.jsonl --output $W/eval_test.json --voices-from-records
+  --speech-tokenizer "$SPEECH_TOKENIZER" --texts $W/tokens_test.jsonl --output $W/eval_test.json "${CHECK[@]}"
 [ -f $W/eval_test_heldout_voice.json ] || $PY tools/evaluate_synthesis.py --config examples/synthesize/mini.yaml \
-  --speech-tokenizer "$SPEECH_TOKENIZER" --texts $W/tokens_test_heldout_voice.jsonl --output $W/eval_test_heldout_voice.json
+  --speech-tokenizer "$SPEECH_TOKENIZER" --texts $W/tokens_test_heldout_voice.jsonl \
+  --output $W/eval_test_heldout_voice.json "${SPEAK[@]}"
 # 6. synthesize interleaved data from the default corpus, then indexed binaries for pre-training
 #    (the pre-training vocabulary: the small default's text BPE with this tokenizer's codes)
 [ -f $W/lm_tokenizer/speech_text_tokenizer.json ] || $PY tools/build_tokenizer.py $W/lm_tokenizer \
   --train-on work/tiny/corpus.jsonl --text-vocab-size 2048 --codebook-of $W/tokens_train.jsonl
-SYNTH=(--config examples/synthesize/mini.yaml --set indexed_tokenizer=$W/lm_tokenizer)
+SYNTH=(--config examples/synthesize/mini.yaml --set indexed_tokenizer=$W/lm_tokenizer "${SPEAK[@]}")
 $PY tools/synthesize_interleaved.py "${SYNTH[@]}"
 $PY tools/synthesize_interleaved.py "${SYNTH[@]}" --finalize
