@@ -33,8 +33,8 @@ def main() -> None:
     args = parser.parse_args()
     config = PreprocessConfig(
         inputs=args.inputs, output_prefix=args.output_prefix, tokenizer=args.tokenizer, layout=args.layout,
-        field=args.field, voice_field=args.voice_field, workers=args.workers, on_error=args.on_error, chunk_bytes=max(1, int(args.chunk_mb * (1 << 20))),
-        backend=args.backend, overwrite=args.overwrite,
+        field=args.field, voice_field=args.voice_field, workers=args.workers, on_error=args.on_error,
+        chunk_bytes=max(1, int(args.chunk_mb * (1 << 20))), backend=args.backend, overwrite=args.overwrite,
     )
     try:
         stats = preprocess(config)

@@ -26,9 +26,9 @@ SPEECH_TOKEN_LAYOUTS = ("speech", "asr", "tts")  # read speech-token jsonl (cont
 
 def voice_text(voice: str | None, text: str) -> str:
     """The words a TTS sample (or a synthesis prompt) reads, with the voice named first. Why: the
-    Whisper-derived tokenizer's codes carry the voice as well as the words; a text-to-token model
-    not told which voice to speak predicts an average of eight voices, and greedy decoding of that
-    average is transcribed far worse than any one voice (examples/synthesize/README.md)."""
+    Whisper-derived tokenizer's codes carry the voice as well as the words, and a text-to-token model
+    not told which voice to speak can only predict an average of the corpus's voices. (At mini scale
+    it measured no better: examples/synthesize/README.md.)"""
     return text if voice is None else f"[{voice}] {text}"
 
 

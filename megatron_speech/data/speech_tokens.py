@@ -1,11 +1,12 @@
 """Speech-token jsonl (contract 2) and the record of the speech tokenizer that made it.
 
-A line is ``{id, text, speech_tokens}`` (and ``speaker`` when the manifest names one); ``speech_tokens`` are codebook indices ``0..K-1`` of one
-speech tokenizer, not LM ids. Codes of two tokenizers look alike (small integers), so a file read
-with the wrong tokenizer, or laid into an LM vocabulary with another codebook size, would train
-on noise without a single error. Beside ``tokens.jsonl`` lies ``tokens.jsonl.speech_tokenizer.json``:
-the tokenizer's name, kind, token rate, codebook size and a fingerprint of its ``.nemo`` file. The
-tools that read token files check it when it is there (files from elsewhere may lack it).
+A line is ``{id, text, speech_tokens}``, and ``speaker`` when the manifest names one;
+``speech_tokens`` are codebook indices ``0..K-1`` of one speech tokenizer, not LM ids. Codes of two
+tokenizers look alike (small integers), so a file read with the wrong tokenizer, or laid into an LM
+vocabulary with another codebook size, would train on noise without a single error. Beside
+``tokens.jsonl`` lies ``tokens.jsonl.speech_tokenizer.json``: the tokenizer's name, kind, token rate,
+codebook size and a fingerprint of its ``.nemo`` file. The tools that read token files check it
+when it is there (files from elsewhere may lack it).
 """
 
 from __future__ import annotations
