@@ -32,6 +32,12 @@ def voice_text(voice: str | None, text: str) -> str:
     return text if voice is None else f"[{voice}] {text}"
 
 
+def check_voice_field(layout: str, voice_field: str | None) -> None:
+    """A voice is named only in TTS pairs (the text a text-to-token model speaks)."""
+    if voice_field is not None and layout != "tts":
+        raise ValueError(f"a voice field is for the tts layout only, not {layout!r}")
+
+
 def _voice(record: dict, voice_field: str, path, number: int) -> str:
     if voice_field not in record:
         raise CorpusError(path, number, f"missing field {voice_field!r} (the voice this TTS pair is spoken in)")
@@ -88,8 +94,7 @@ def parse_record(
     ``voice_field`` (tts only): the record's field naming its voice, put before the text."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
-    if voice_field is not None and layout != "tts":
-        raise ValueError(f"a voice field is for the tts layout only, not {layout!r}")
+    check_voice_field(layout, voice_field)
     if isinstance(record, CorpusError):
         raise record
     if not isinstance(record, dict):

@@ -26,7 +26,7 @@ import numpy as np
 from megatron_speech import jobs
 from megatron_speech.data import indexed, speech_tokens
 from megatron_speech.data.corpus import CorpusError, EmptyCorpusError, read_records
-from megatron_speech.data.layouts import LAYOUTS, SPEECH_TOKEN_LAYOUTS, layout_ids, parse_record
+from megatron_speech.data.layouts import LAYOUTS, SPEECH_TOKEN_LAYOUTS, check_voice_field, layout_ids, parse_record
 from megatron_speech.lm_tokenizer import AudioSegment, Segment, SpeechTextTokenizer
 
 
@@ -54,8 +54,7 @@ class PreprocessConfig:
             raise ValueError(f"backend must be 'cpp' or 'python', got {self.backend!r}")
         if not self.inputs:
             raise ValueError("no input files")
-        if self.voice_field is not None and self.layout != "tts":
-            raise ValueError(f"voice_field is for the tts layout only, not {self.layout!r}")
+        check_voice_field(self.layout, self.voice_field)
         if self.chunk_bytes < 1 or self.batch_documents < 1 or self.workers < 1:
             raise ValueError("chunk_bytes, batch_documents and workers must be positive")
 
