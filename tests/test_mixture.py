@@ -4,6 +4,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from megatron_speech.testing.tiny import tiny_train_config
 
@@ -33,8 +34,10 @@ def test_audio_policy_keeps_loss_on_speech_targets_only(blend):
     lo, hi = tokenizer.audio_offset, tokenizer.audio_offset + tokenizer.codebook_size
     seen = Counter()
     for batch in microbatches(train, 0, 64, 16, 0, 1, config.sources, tokenizer):
-        for labels, mask, source in zip(batch["labels"], batch["loss_mask"], batch["source"]):
+        for labels, mask, source, marked in zip(batch["labels"], batch["loss_mask"], batch["source"],
+                                                batch["speech_target"]):
             speech = ((labels >= lo) & (labels < hi)) | (labels == tokenizer.eoa)
+            assert bool((marked == speech).all())  # the targets the per-target losses call speech
             seen[int(source)] += 1
             if config.sources[int(source)].loss == "audio":
                 assert bool(speech.any())
@@ -77,6 +80,33 @@ def test_per_source_losses_add_up_to_the_batch_loss(blend):
         assert sum(result.source_tokens) == result.num_tokens
         pooled = sum(l * n for l, n in zip(result.source_losses, result.source_tokens)) / result.num_tokens
         assert pooled == pytest.approx(result.loss, rel=1e-6)
+        # split by target: text has no speech targets, TTS under the audio policy no text targets,
+        # interleaved both; the two parts pool to the source's loss
+        (text, tts, interleaved) = result.source_target_losses
+        assert text["speech"] is None and text["text"] is not None
+        assert tts["text"] is None and tts["speech"] is not None
+        assert interleaved["text"] is not None and interleaved["speech"] is not None
+        t, n_t, sp, n_sp = result.source_sums[2]
+        assert n_t > 0 and n_sp > 0
+        assert (interleaved["text"] * n_t + interleaved["speech"] * n_sp) / (n_t + n_sp) == pytest.approx(
+            result.source_losses[2], rel=1e-6)
+
+
+def test_loss_is_split_by_source_and_target():
+    """Hand-made per-token losses: each source's sums land in its row, text and speech apart."""
+    from megatron_speech.training.step import StepResult, _loss_func
+
+    losses = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    speech = torch.tensor([[False, True, True, True], [False, False, False, True]])
+    _, count, reports = _loss_func(mask, torch.tensor([1, 0]), speech, 3, losses)
+    assert int(count) == 7
+    rows = reports["source loss"].tolist()
+    assert rows == [[18.0, 3.0, 8.0, 1.0], [1.0, 1.0, 5.0, 2.0], [0.0, 0.0, 0.0, 0.0]]
+    result = StepResult(loss=36 / 7, num_tokens=7, source_sums=rows)
+    assert result.source_target_losses[1] == {"text": 1.0, "speech": 2.5}
+    assert result.source_losses == [26 / 4, 6 / 3, None]
+    assert result.source_tokens == [4, 3, 0]
 
 
 def test_mixture_file_is_read_and_inline_keys_win(tmp_path, monkeypatch):

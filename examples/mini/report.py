@@ -42,6 +42,13 @@ def training_figures(metrics_jsonl: Path) -> dict:
         values = [r["source_losses"][name] for r in tail if r["source_losses"].get(name) is not None]
         if values:
             figures[f"loss_{name}"] = statistics.fmean(values)
+    # the same split by what is predicted (``loss_asr_text``: the transcripts given the speech),
+    # where a source predicts both text and speech
+    for name in dict.fromkeys(n for r in tail for n in r.get("source_target_losses", {})):
+        splits = [r["source_target_losses"][name] for r in tail]
+        parts = {t: [x[t] for x in splits if x.get(t) is not None] for t in ("text", "speech")}
+        if all(parts.values()):
+            figures.update({f"loss_{name}_{t}": statistics.fmean(v) for t, v in parts.items()})
     return figures
 
 

@@ -98,12 +98,18 @@ def build_datasets(config: DataConfig, tokenizer: SpeechTextTokenizer, train_sam
     return train, valid
 
 
+def speech_targets(labels: np.ndarray, tokenizer: SpeechTextTokenizer) -> np.ndarray:
+    """True where the target is speech: an audio code or ``<|end_of_audio|>`` (where speech stops);
+    every other target is text. One rule for the loss policies and the per-target losses."""
+    lo, hi = tokenizer.audio_offset, tokenizer.audio_offset + tokenizer.codebook_size
+    return ((labels >= lo) & (labels < hi)) | (labels == tokenizer.eoa)
+
+
 def policy_mask(labels: np.ndarray, policy: str, tokenizer: SpeechTextTokenizer) -> np.ndarray:
     """1 where a target token carries loss under ``policy`` (see ``DataSource``)."""
     if policy == "all":
         return np.ones(labels.shape, dtype=np.float32)
-    lo, hi = tokenizer.audio_offset, tokenizer.audio_offset + tokenizer.codebook_size
-    speech = ((labels >= lo) & (labels < hi)) | (labels == tokenizer.eoa)
+    speech = speech_targets(labels, tokenizer)
     if policy == "audio":
         return speech.astype(np.float32)
     return (~speech & (labels != tokenizer.boa)).astype(np.float32)
@@ -124,7 +130,8 @@ def microbatches(
     The global batch is samples ``[step * global_batch_size, (step + 1) * global_batch_size)``;
     rank r takes the r-th contiguous slice of it, so the ranks together see each sample once.
     Each batch also names every sample's source (its index in ``sources``), for per-source losses,
-    and applies that source's loss policy to the loss mask.
+    marks its speech targets (with a tokenizer), for losses split by what is predicted, and applies
+    that source's loss policy to the loss mask.
     """
     per_rank = global_batch_size // dp_size
     first = step * global_batch_size + dp_rank * per_rank
@@ -136,6 +143,8 @@ def microbatches(
         }
         source_ids = [int(s.get("dataset_id", 0)) for s in samples]  # a one-source blend has no id
         batch["source"] = torch.tensor(source_ids, dtype=torch.long)
+        if tokenizer is not None:
+            batch["speech_target"] = torch.from_numpy(speech_targets(batch["labels"].numpy(), tokenizer))
         if sources and any(src.loss != "all" for src in sources):
             masks = [policy_mask(np.asarray(s["labels"]), sources[i].loss, tokenizer) for s, i in zip(samples, source_ids)]
             batch["loss_mask"] = batch["loss_mask"] * torch.from_numpy(np.stack(masks))

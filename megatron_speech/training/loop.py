@@ -144,10 +144,17 @@ def _source_names(config: TrainConfig) -> list[str]:
     return [Path(s.prefix).name for s in config.data.sources]
 
 
-def _format_sources(config: TrainConfig, losses: list[float | None]) -> str:
-    if len(losses) < 2:
+def _format_sources(config: TrainConfig, result: StepResult) -> str:
+    """`` | text 0.156 asr 3.716 (text 6.10, speech 3.20) ...``: a source's loss, and its split by
+    target where it predicts both text and speech."""
+    if len(result.source_sums) < 2:
         return ""
-    parts = [f"{name} {loss:.3f}" for name, loss in zip(_source_names(config), losses) if loss is not None]
+    parts = []
+    for name, loss, split in zip(_source_names(config), result.source_losses, result.source_target_losses):
+        if loss is None:
+            continue
+        both = split["text"] is not None and split["speech"] is not None
+        parts.append(f"{name} {loss:.3f}" + (f" (text {split['text']:.2f}, speech {split['speech']:.2f})" if both else ""))
     return " | " + " ".join(parts)
 
 
@@ -202,18 +209,19 @@ def _train(config: TrainConfig, state: TrainingState) -> TrainOutcome:
             window_tokens += s.global_batch_size * seq
             lr = state.optimizer.param_groups[0]["lr"]
             _record(config, {"step": done, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
-                             "source_losses": dict(zip(_source_names(config), result.source_losses))})
+                             "source_losses": dict(zip(_source_names(config), result.source_losses)),
+                             "source_target_losses": dict(zip(_source_names(config), result.source_target_losses))})
             if step == start or done % s.log_interval == 0 or done == s.steps:
                 elapsed = time.perf_counter() - window_start
                 _log_rank0(
                     f"[train] step {done}/{s.steps} loss {result.loss:.4f} lr {lr:.2e} "
                     f"grad_norm {result.grad_norm:.3f} tokens/s {window_tokens / elapsed:,.0f}"
-                    + _format_sources(config, result.source_losses)
+                    + _format_sources(config, result)
                 )
                 window_tokens, window_start = 0, time.perf_counter()
             if s.eval_interval and (done % s.eval_interval == 0 or done == s.steps):
                 valid = evaluate(state, valid_ds, config, step)
-                _log_rank0(f"[valid] step {done} loss {valid.loss:.4f}" + _format_sources(config, valid.source_losses))
+                _log_rank0(f"[valid] step {done} loss {valid.loss:.4f}" + _format_sources(config, valid))
             if not config.checkpoint.dir:
                 continue
             if signals.requested():
@@ -237,7 +245,8 @@ def evaluate(state: TrainingState, dataset, config: TrainConfig, step: int) -> S
     dp_size = parallel_state.get_data_parallel_world_size()
     num_microbatches = s.global_batch_size // (s.micro_batch_size * dp_size)
     num_sources = len(config.data.sources)
-    sums = torch.zeros(1 + num_sources, 2, dtype=torch.float64)
+    total = torch.zeros(2, dtype=torch.float64)
+    per_source = torch.zeros(num_sources, 4, dtype=torch.float64)
     for chunk in state.model_chunks:
         chunk.eval()
     with torch.no_grad():
@@ -247,12 +256,9 @@ def evaluate(state: TrainingState, dataset, config: TrainConfig, step: int) -> S
                                    config.data.sources, state.tokenizer)
             r = forward_backward(state.model_chunks, batches, num_microbatches, config.data.seq_length,
                                  s.micro_batch_size, forward_only=True, num_sources=num_sources)
-            sums[0] += torch.tensor([r.loss * r.num_tokens, r.num_tokens])
-            for j, (loss, n) in enumerate(zip(r.source_losses, r.source_tokens)):
-                if n:
-                    sums[1 + j] += torch.tensor([loss * n, n])
+            total += torch.tensor([r.loss * r.num_tokens, r.num_tokens], dtype=torch.float64)
+            per_source += torch.tensor(r.source_sums, dtype=torch.float64)
     for chunk in state.model_chunks:
         chunk.train()
-    (loss_sum, tokens), *per_source = sums.tolist()
-    return StepResult(loss=loss_sum / max(tokens, 1), num_tokens=int(tokens),
-                      source_losses=[total / n if n else None for total, n in per_source])
+    loss_sum, tokens = total.tolist()
+    return StepResult(loss=loss_sum / max(tokens, 1), num_tokens=int(tokens), source_sums=per_source.tolist())

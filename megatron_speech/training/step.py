@@ -18,7 +18,8 @@ import torch.distributed as dist
 
 from megatron_speech.parallel import collective_device
 
-# tokens, labels, loss_mask, position_ids: [micro_batch, seq]; source: [micro_batch]
+# tokens, labels, loss_mask, position_ids: [micro_batch, seq]; source: [micro_batch];
+# speech_target (optional): [micro_batch, seq], True where the target is speech
 Batch = dict[str, torch.Tensor]
 
 
@@ -27,20 +28,44 @@ class StepResult:
     loss: float  # token-mean loss over the global batch (meaningful on every rank)
     num_tokens: int  # tokens that carried loss, over the global batch
     grad_norm: float | None = None
-    source_losses: list[float | None] = field(default_factory=list)  # per mixture source; None if absent
-    source_tokens: list[int] = field(default_factory=list)
+    # per mixture source: [text loss sum, text tokens, speech loss sum, speech tokens]
+    source_sums: list[list[float]] = field(default_factory=list)
+
+    @property
+    def source_tokens(self) -> list[int]:
+        return [int(row[1] + row[3]) for row in self.source_sums]
+
+    @property
+    def source_losses(self) -> list[float | None]:
+        """Token-mean loss per source; None where a source had no tokens in the batch."""
+        return [_mean(row[0] + row[2], row[1] + row[3]) for row in self.source_sums]
+
+    @property
+    def source_target_losses(self) -> list[dict[str, float | None]]:
+        """Per source, the loss on text targets and on speech targets apart. Why: an ASR sample's
+        loss is mostly its speech codes, so only the transcript's part says whether the model hears
+        the words (and a TTS sample's speech part whether it speaks them)."""
+        return [{"text": _mean(row[0], row[1]), "speech": _mean(row[2], row[3])} for row in self.source_sums]
 
 
-def _loss_func(loss_mask: torch.Tensor, source: torch.Tensor, num_sources: int, output_tensor: torch.Tensor):
-    """Summed loss and token count (Megatron divides by the global count later), and per-source sums."""
+def _mean(total: float, count: float) -> float | None:
+    return total / count if count else None
+
+
+def _loss_func(loss_mask: torch.Tensor, source: torch.Tensor, speech_target: torch.Tensor | None, num_sources: int,
+               output_tensor: torch.Tensor):
+    """Summed loss and token count (Megatron divides by the global count later), and per-source sums
+    split by target (text, speech)."""
     mask = loss_mask.float()
     per_token = output_tensor.float() * mask
     loss_sum = per_token.sum()
     num_tokens = mask.sum().to(torch.int)
-    by_source = torch.zeros(num_sources, 2, dtype=torch.float64, device=per_token.device)
+    speech = torch.zeros_like(mask) if speech_target is None else speech_target.to(mask.device).float()
+    by_source = torch.zeros(num_sources, 4, dtype=torch.float64, device=per_token.device)
     index = source.to(per_token.device)
-    by_source[:, 0].index_add_(0, index, per_token.detach().sum(dim=1).double())
-    by_source[:, 1].index_add_(0, index, mask.sum(dim=1).double())
+    for column, part in enumerate((1.0 - speech, speech)):
+        by_source[:, 2 * column].index_add_(0, index, (per_token.detach() * part).sum(dim=1).double())
+        by_source[:, 2 * column + 1].index_add_(0, index, (mask * part).sum(dim=1).double())
     report = torch.stack([loss_sum.detach(), num_tokens.float()])
     return loss_sum, num_tokens, {"lm loss": report, "source loss": by_source}
 
@@ -54,7 +79,7 @@ def _forward_step(num_sources: int, data_iterator: Iterator[Batch], model: torch
         labels=batch["labels"],
     )
     source = batch.get("source", torch.zeros(batch["tokens"].shape[0], dtype=torch.long))
-    return output, partial(_loss_func, batch["loss_mask"], source, num_sources)
+    return output, partial(_loss_func, batch["loss_mask"], source, batch.get("speech_target"), num_sources)
 
 
 def forward_backward(
@@ -79,25 +104,19 @@ def forward_backward(
         micro_batch_size=micro_batch_size,
         forward_only=forward_only,
     )
-    # Row 0: the whole batch; row 1 + s: source s. Columns: loss sum, token count.
-    totals = torch.zeros(1 + num_sources, 2, dtype=torch.float64)
+    # Row 0: the whole batch (loss sum, token count); row 1 + s: source s (text loss sum, text tokens,
+    # speech loss sum, speech tokens).
+    totals = torch.zeros(1 + num_sources, 4, dtype=torch.float64)
     for report in reports:  # non-empty on the last pipeline stage only
-        totals[0] += report["lm loss"].to(torch.float64).cpu()
+        totals[0, :2] += report["lm loss"].to(torch.float64).cpu()
         totals[1:] += report["source loss"].cpu()
     totals = totals.to(collective_device())
     # Sum over data-parallel replicas, then share the last stage's figure with every stage.
     dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
     last_stage = parallel_state.get_pipeline_model_parallel_last_rank()
     dist.broadcast(totals, src=last_stage, group=parallel_state.get_pipeline_model_parallel_group())
-    (loss_sum, num_tokens), *sources = totals.cpu().tolist()
-    return StepResult(
-        loss=loss_sum / max(num_tokens, 1.0),
-        num_tokens=int(num_tokens),
-        source_losses=[s / n if n else None for s, n in sources],
-        source_tokens=[int(n) for _, n in sources],
-    )
-
-
+    (loss_sum, num_tokens, _, _), *sources = totals.cpu().tolist()
+    return StepResult(loss=loss_sum / max(num_tokens, 1.0), num_tokens=int(num_tokens), source_sums=sources)
 
 
 def train_step(
