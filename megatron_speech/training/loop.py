@@ -145,7 +145,7 @@ def _source_names(config: TrainConfig) -> list[str]:
 
 
 def _format_sources(config: TrainConfig, result: StepResult) -> str:
-    """`` | text 0.156 asr 3.716 (text 6.10, speech 3.20) ...``: a source's loss, and its split by
+    """`` | text 0.117 asr 3.610 (text 4.40, speech 3.25) ...``: a source's loss, and its split by
     target where it predicts both text and speech."""
     if len(result.source_sums) < 2:
         return ""
