@@ -50,6 +50,7 @@ def uninterrupted(prepared, tmp_path_factory):
     return run_processes(train_job, 2, _config(root, tmp_path_factory.mktemp("full")))[0]["losses"]
 
 
+@pytest.mark.slow  # two 2-process runs; test_tp2_checkpoint_resumes_at_tp1 keeps resume in the default suite
 def test_signal_saves_and_resume_continues_the_same_trajectory(prepared, tmp_path, uninterrupted):
     root, _ = prepared
     values = _config(root, tmp_path / "ckpt")

@@ -100,6 +100,7 @@ def test_converted_tokenizer_has_speech_tokens(converted, prepared):
     assert hf_tokenizer.eos_token_id == tokenizer.eod
 
 
+@pytest.mark.slow  # a second conversion both ways; test_transformers_matches_megatron keeps conversion in the default suite
 def test_hf_to_megatron_to_hf_is_lossless(converted, prepared, tmp_path):
     root, _ = prepared
     work, _ = converted[0]["tp1"]

@@ -145,6 +145,7 @@ def test_likelihood_scores_equal_a_hand_computation_and_the_trained_ending_wins(
         assert summary["items"] == 12 and summary["items_per_s"] > 0
 
 
+@pytest.mark.slow  # a 2-process evaluation and an HF export
 def test_tensor_parallel_and_hf_export_give_the_same_scores(prepared, story_model, tmp_path):
     root, _ = prepared
     work, task, _ = story_model

@@ -60,6 +60,7 @@ def test_forward_backward_on_cpu():
     assert weights["embedding.word_embeddings.weight"].shape[0] == VOCAB  # canonical: unpadded
 
 
+@pytest.mark.slow  # 2-process runs; test_convert's tp2/pp2 layouts keep parallel numerics in the default suite
 @pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
 def test_tp2_and_pp2_match_single_process(tie):
     batches = _batches()

@@ -382,6 +382,7 @@ def _saved_hifigan(path: Path, mel: MelSettings, pairs: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # trains a HiFi-GAN
 def test_decoding_with_a_hifigan_and_refusing_one_of_other_frames(pairs, trained, tmp_path):
     from megatron_speech.speech.audio import read_wav
     from megatron_speech.speech_decoder.decode import DecodeConfig, decode_tokens, load_decoder
