@@ -50,7 +50,7 @@ def _metrics(path: Path) -> dict[int, float]:
     """Each step's loss; a step run twice (before and after the requeue) keeps its last value."""
     if not path.exists():
         return {}
-    return {r["step"]: r["loss"] for r in map(json.loads, path.read_text().splitlines())}
+    return {r["step"]: r["loss"] for r in map(json.loads, path.read_text().splitlines()) if r["split"] == "train"}
 
 
 @pytest.mark.slow  # minutes of real Slurm jobs

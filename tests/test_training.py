@@ -1,6 +1,7 @@
 """The default pipeline end to end: corpus → tokenizer → indexed binaries → Megatron pre-training."""
 
 import json
+import math
 
 import pytest
 
@@ -36,12 +37,18 @@ def test_preprocessed_metadata_names_tokenizer(prepared):
 def test_data_parallel_training_loss_falls(prepared, tmp_path):
     root, _ = prepared
     metrics = tmp_path / "run" / "metrics.jsonl"  # its folder does not exist yet
-    rank0, rank1 = run_processes(train, 2, _config(root, metrics_file=str(metrics)))
+    rank0, rank1 = run_processes(train, 2, _config(root, metrics_file=str(metrics), eval_interval=15))
     assert rank0 == rank1  # every rank reports the global loss
     first, last = sum(rank0[:5]) / 5, sum(rank0[-5:]) / 5
     assert last < first - 0.5, (first, last)
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
-    assert [r["step"] for r in records] == list(range(1, 31)) and [r["loss"] for r in records] == rank0
+    steps = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in steps] == list(range(1, 31)) and [r["loss"] for r in steps] == rank0
+    valid = [r for r in records if r["split"] == "valid"]  # the validations are in the same file
+    assert [r["step"] for r in valid] == [15, 30], valid
+    for r in valid:  # one source: its loss is the whole loss, over different batches than training's
+        assert math.isfinite(r["loss"]) and r["source_losses"]["text"] == pytest.approx(r["loss"], rel=1e-6)
+        assert r["loss"] != steps[r["step"] - 1]["loss"]
 
 
 def _check(root, tokenizer, **source):

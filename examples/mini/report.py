@@ -29,8 +29,9 @@ def speech_tokenizer_figures(eval_json: Path) -> dict:
 
 def training_figures(metrics_jsonl: Path) -> dict:
     """Loss and per-source losses, averaged over the last fifth of the steps (one step is noisy, and
-    holds only some sources)."""
-    records = [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()]
+    holds only some sources), and the last validation loss where the run validated."""
+    lines = [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()]
+    records = [r for r in lines if r.get("split", "train") == "train"]
     if not records:
         raise ValueError(f"{metrics_jsonl}: no training steps recorded")
     last_step = records[-1]["step"]
@@ -49,6 +50,9 @@ def training_figures(metrics_jsonl: Path) -> dict:
         parts = {t: [x[t] for x in splits if x.get(t) is not None] for t in ("text", "speech")}
         if all(parts.values()):
             figures.update({f"loss_{name}_{t}": statistics.fmean(v) for t, v in parts.items()})
+    valid = [r for r in lines if r.get("split") == "valid"]
+    if valid:
+        figures["valid_loss"] = valid[-1]["loss"]
     return figures
 
 

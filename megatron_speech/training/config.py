@@ -33,7 +33,7 @@ class ScheduleConfig:
     eval_interval: int = 50
     eval_batches: int = 2
     seed: int = 1234
-    metrics_file: str | None = None  # rank 0 appends one JSON line a logged step
+    metrics_file: str | None = None  # rank 0 appends one JSON line a step and one a validation
 
 
 @dataclass

@@ -134,6 +134,8 @@ def _log_rank0(message: str) -> None:
 
 
 def _record(config: TrainConfig, record: dict) -> None:
+    """One JSON line in ``metrics_file``: a training step (``split: train``) or a validation
+    (``split: valid``), so a curve of either is read from one file."""
     if config.schedule.metrics_file and torch.distributed.get_rank() == 0:
         Path(config.schedule.metrics_file).parent.mkdir(parents=True, exist_ok=True)
         with open(config.schedule.metrics_file, "a") as f:
@@ -142,6 +144,12 @@ def _record(config: TrainConfig, record: dict) -> None:
 
 def _source_names(config: TrainConfig) -> list[str]:
     return [Path(s.prefix).name for s in config.data.sources]
+
+
+def _losses_by_source(config: TrainConfig, result: StepResult) -> dict:
+    names = _source_names(config)
+    return {"source_losses": dict(zip(names, result.source_losses)),
+            "source_target_losses": dict(zip(names, result.source_target_losses))}
 
 
 def _format_sources(config: TrainConfig, result: StepResult) -> str:
@@ -208,9 +216,8 @@ def _train(config: TrainConfig, state: TrainingState) -> TrainOutcome:
             outcome.results[done] = result
             window_tokens += s.global_batch_size * seq
             lr = state.optimizer.param_groups[0]["lr"]
-            _record(config, {"step": done, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
-                             "source_losses": dict(zip(_source_names(config), result.source_losses)),
-                             "source_target_losses": dict(zip(_source_names(config), result.source_target_losses))})
+            _record(config, {"step": done, "split": "train", "loss": result.loss, "lr": lr,
+                             "grad_norm": result.grad_norm, **_losses_by_source(config, result)})
             if step == start or done % s.log_interval == 0 or done == s.steps:
                 elapsed = time.perf_counter() - window_start
                 _log_rank0(
@@ -222,6 +229,8 @@ def _train(config: TrainConfig, state: TrainingState) -> TrainOutcome:
             if s.eval_interval and (done % s.eval_interval == 0 or done == s.steps):
                 valid = evaluate(state, valid_ds, config, step)
                 _log_rank0(f"[valid] step {done} loss {valid.loss:.4f}" + _format_sources(config, valid))
+                _record(config, {"step": done, "split": "valid", "loss": valid.loss,
+                                 **_losses_by_source(config, valid)})
             if not config.checkpoint.dir:
                 continue
             if signals.requested():
