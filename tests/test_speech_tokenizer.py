@@ -245,18 +245,22 @@ def test_duration_buckets_give_every_utterance_once(small_corpus):
 @pytest.mark.parametrize("concurrent, leaves_a_thread", [(None, False), (True, True)], ids=["recipe", "concurrent"])
 def test_a_loader_stopped_early_leaves_no_thread_behind(small_corpus, tmp_path, concurrent, leaves_a_thread):
     """Training stops mid-pass (max_steps, max_time). Lhotse's concurrent bucketing fills buckets
-    from a non-daemon thread that sleeps while they are full (a corpus larger than the 10,000-cut
-    buffer, as the recipe's 26,000): alive, it kept tools/train_speech_tokenizer.py from ever
-    exiting. The recipe's loader has none; the concurrent one (the old default) shows the check bites."""
+    from a non-daemon thread that sleeps while they are full (a corpus larger than the bucket
+    buffer, 20,000 cuts by NeMo's defaults, as the recipe's 26,000): alive, it kept tools/train_speech_tokenizer.py from ever
+    exiting. The recipe's loader has none; the concurrent one (the old default) shows the check bites.
+    The corpus is five times the bucket buffer, so the producer is blocked (not finished) at the check
+    however fast the machine: a corpus smaller than the buffer let a fast CI machine read it all first."""
     import threading
 
     lines = [json.loads(l) for l in (small_corpus / "train.jsonl").read_text().splitlines()]
     for line in lines:
         line["audio_filepath"] = str(small_corpus / line["audio_filepath"])
-    large = tmp_path / "large.jsonl"  # more cuts than the default bucket buffer, on the same few wavs
-    large.write_text("".join(json.dumps(l) + "\n" for _ in range(10_500 // len(lines) + 1) for l in lines))
+    buffer = 200
+    large = tmp_path / "large.jsonl"  # more cuts than the bucket buffer, on the same few wavs
+    large.write_text("".join(json.dumps(l) + "\n" for _ in range(5 * buffer // len(lines) + 1) for l in lines))
     data = OmegaConf.load(REPO / "examples/speech_tokenizer/conf/mini.yaml").model.train_ds
-    data.update(manifest_filepath=str(large), batch_duration=2.0, num_buckets=2, num_cuts_for_bins_estimate=100)
+    data.update(manifest_filepath=str(large), batch_duration=2.0, num_buckets=2, num_cuts_for_bins_estimate=100,
+                bucket_buffer_size=buffer, shuffle_buffer_size=None)  # NeMo adds the latter to the former
     if concurrent is not None:
         data.concurrent_bucketing = concurrent
     before = set(threading.enumerate())
