@@ -51,9 +51,12 @@ def test_block_mask_lets_a_token_see_its_block_and_every_earlier_one():
     assert visible[0] == [1, 1, 0, 0, 0, 0] and visible[3] == [1, 1, 1, 1, 0, 0] and visible[5] == [1] * 6
 
 
-@pytest.mark.parametrize("head", ["l1", "flow"])
-def test_each_head_overfits_a_tiny_batch(head):
-    model = _tiny(head).train()
+HEADS_AND_UPSAMPLES = [("l1", "repeat"), ("flow", "repeat"), ("l1", "linear")]
+
+
+@pytest.mark.parametrize("head, upsample", HEADS_AND_UPSAMPLES)
+def test_each_head_overfits_a_tiny_batch(head, upsample):
+    model = _tiny(head, upsample=upsample).train()
     tokens = torch.randint(0, 16, (2, 12))
     lengths = torch.tensor([12, 9])
     speakers = torch.tensor([0, 1])
@@ -69,9 +72,15 @@ def test_each_head_overfits_a_tiny_batch(head):
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses[::10]
 
 
-@pytest.mark.parametrize("head", ["l1", "flow"])
-def test_streaming_equals_offline(head):
-    model = _tiny(head)
+def test_an_unknown_head_or_upsampling_is_refused_by_name():
+    for key, value in (("head", "diffusion"), ("upsample", "cubic")):
+        with pytest.raises(ValueError, match=f"{key} must be one of .*{value}"):
+            TokenToMelSettings(codebook_size=16, **{key: value})
+
+
+@pytest.mark.parametrize("head, upsample", HEADS_AND_UPSAMPLES)
+def test_streaming_equals_offline(head, upsample):
+    model = _tiny(head, upsample=upsample)
     tokens = torch.randint(0, 16, (11,))
     offline = model.generate(tokens[None], torch.tensor([11]), torch.tensor([1]))[0]
     blocks = list(model.stream(tokens, speaker=1))
@@ -79,8 +88,9 @@ def test_streaming_equals_offline(head):
     torch.testing.assert_close(torch.cat(blocks, dim=-1), offline, atol=1e-5, rtol=1e-4)
 
 
-def test_a_block_does_not_depend_on_tokens_after_its_lookahead():
-    model = _tiny("flow")
+@pytest.mark.parametrize("upsample", ["repeat", "linear"])
+def test_a_block_does_not_depend_on_tokens_after_its_lookahead(upsample):
+    model = _tiny("flow", upsample=upsample)
     tokens = torch.randint(0, 16, (12,))
     changed = tokens.clone()
     changed[7:] = (changed[7:] + 1) % 16  # block 0 is tokens 0-3; its look-ahead reaches token 5
@@ -423,3 +433,34 @@ def test_the_training_tool_trains_a_hifigan_on_a_speech_manifest(pairs, tmp_path
     report = json.loads((tmp_path / "voc" / "voc.train.json").read_text())
     assert report["model"] == "hifigan" and report["steps"] >= 2 and report["val_mel_l1"] > 0
     assert (tmp_path / "voc" / "voc.nemo").is_file()
+
+
+def test_the_mel_damage_probe_damages_as_it_says():
+    """examples/speech_decoder/mel_damage.py: a token's frames share their mean, blurs keep the level and
+    spread an impulse over their width (in time or across bins), the noise has the asked mean size."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mel_damage", ROOT / "examples/speech_decoder/mel_damage.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    mel = torch.randn(8, 23)
+    flat = probe.token_mean(mel)
+    for start in range(0, 23, 5):
+        block = flat[:, start:start + 5]
+        assert torch.allclose(block, block[:, :1].expand_as(block))
+        assert torch.allclose(block[:, 0], mel[:, start:start + 5].mean(-1))
+    assert torch.allclose(probe.blur(torch.full((8, 23), 2.0), 5, -1), torch.full((8, 23), 2.0))
+    impulse = torch.zeros(8, 23)
+    impulse[4, 11] = 1.0
+    for dim, axis in ((-1, 1), (0, 0)):
+        spread = probe.blur(impulse, 3, dim)
+        assert spread.shape == impulse.shape and (spread > 0).sum(axis).max() == 3
+        assert torch.isclose(spread.sum(), torch.tensor(1.0))
+    assert (probe.blur(impulse, 3, -1)[4, 10:13] > 0).all() and (probe.blur(impulse, 3, 0)[3:6, 11] > 0).all()
+    assert torch.allclose(probe.sharpen(torch.full((8, 23), 2.0), 1.0), torch.full((8, 23), 2.0))
+    step = torch.zeros(1, 10)
+    step[:, 5:] = 1.0
+    steeper = probe.sharpen(step, 1.0)  # overshoots on both sides of the step, flat far from it
+    assert steeper[0, 4] < 0 and steeper[0, 5] > 1 and steeper[0, 0] == 0 and steeper[0, 9] == 1
+    big = torch.zeros(80, 2000)
+    assert abs(float((probe.noise(big, 0.18, 0) - big).abs().mean()) - 0.18) < 0.005

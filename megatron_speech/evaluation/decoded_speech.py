@@ -23,7 +23,8 @@ from megatron_speech.speech_decoder.vocoder import Vocoder
 VERSIONS = ("original", "copy_synthesis", "decoded")
 
 
-def _write(path: Path, audio: np.ndarray, rate: int) -> Path:
+def write_audio(path: Path, audio: np.ndarray, rate: int) -> Path:
+    """Float samples in [-1, 1] (clipped) as a 16-bit wav."""
     write_wav(path, np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16), rate)
     return path
 
@@ -41,7 +42,7 @@ def make_versions(decoder, tokenizer, manifest: Path, lines: list[tuple[int, dic
         tokens = tokenizer.tokenize(audio[None], torch.tensor([audio.numel()]))[0]
         true_mel = decoder.mel(audio[None])[0]
         name = Path(line["audio_filepath"]).stem + f"-{number}.wav"
-        copy = _write(out / "copy_synthesis" / name, vocoder(true_mel), rate)
+        copy = write_audio(out / "copy_synthesis" / name, vocoder(true_mel), rate)
         voice = line.get("speaker") if line.get("speaker") in list(decoder.cfg.speakers) else fallback_speaker
         began = time.perf_counter()
         mel = decoder.decode([tokens], [decoder.speaker_id(voice)])[0]
@@ -50,7 +51,7 @@ def make_versions(decoder, tokenizer, manifest: Path, lines: list[tuple[int, dic
         timing["token_to_mel_seconds"] += middle - began
         timing["vocoder_seconds"] += time.perf_counter() - middle
         timing["audio_seconds"] += len(decoded_audio) / rate
-        decoded = _write(out / "decoded" / name, decoded_audio, rate)
+        decoded = write_audio(out / "decoded" / name, decoded_audio, rate)
         again = tokenizer.tokenize(torch.from_numpy(decoded_audio.astype(np.float32))[None],
                                    torch.tensor([len(decoded_audio)]))[0]
         rows.append({"voice": line.get("speaker", ""), "decoder_voice": voice, "ref": line["text"],

@@ -1,8 +1,9 @@
 """Speech tokens -> mel frames: CosyVoice's decoder (GLM-4-Voice's) in small, trainable on a CPU.
 
 Token embeddings and a speaker embedding go through a transformer at the token rate (cheap: 12.5
-steps a second), are repeated ``frames_per_token`` times (5 at 16 kHz, hop 256) and refined by
-causal convolutions at the frame rate, then projected to ``mu``: a mel-shaped condition. Two heads:
+steps a second), are repeated ``frames_per_token`` times (5 at 16 kHz, hop 256; or, ``upsample:
+linear``, projected to that many frame vectors of their own) and refined by causal convolutions at
+the frame rate, then projected to ``mu``: a mel-shaped condition. Two heads:
 
 - ``l1``: ``mu`` is the mel (L1 regression): fast, blurry.
 - ``flow``: conditional flow matching (NeMo's ``OptimalTransportFlow`` and Euler sampler) from
@@ -27,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 HEADS = ("l1", "flow")
+UPSAMPLES = ("repeat", "linear")
 NOISE_FRAMES = 4096  # the fixed noise buffer: 65 s at 62.5 frames/s; longer outputs repeat it
 
 
@@ -43,6 +45,7 @@ class TokenToMelSettings:
     dropout: float = 0.1
     frame_conv_layers: int = 2
     conv_kernel: int = 5
+    upsample: str = "repeat"  # repeat | linear: how a token's vector becomes its frames (see condition)
     head: str = "flow"  # l1 | flow
     mu_l1_weight: float = 1.0  # flow head: the L1 term on mu
     estimator_channels: int = 192
@@ -59,6 +62,8 @@ class TokenToMelSettings:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         if self.d_model % self.num_heads:
             raise ValueError(f"d_model {self.d_model} is not a multiple of num_heads {self.num_heads}")
+        if self.upsample not in UPSAMPLES:
+            raise ValueError(f"upsample must be one of {UPSAMPLES}, got {self.upsample!r}")
         if self.lookahead < 0:
             raise ValueError(f"lookahead must be >= 0, got {self.lookahead}")
 
@@ -147,6 +152,8 @@ class TokenToMel(nn.Module):
         # causal at the frame rate, so no normalisation across frames either (see VectorFieldEstimator)
         self.frame_blocks = nn.ModuleList(CausalBlock(s.d_model, s.conv_kernel) for _ in range(s.frame_conv_layers))
         self.frame_offset = nn.Embedding(s.frames_per_token, s.d_model)  # where in its token a frame is
+        if s.upsample == "linear":  # each token its own path through its frames
+            self.to_frames = nn.Linear(s.d_model, s.frames_per_token * s.d_model)
         self.to_mu = nn.Conv1d(s.d_model, s.n_mels, 1)
         if s.head == "flow":
             from nemo.collections.audio.parts.submodules.flow import OptimalTransportFlow
@@ -186,7 +193,10 @@ class TokenToMel(nn.Module):
         x = x + ahead + self.position.weight[:width][None] + self.speaker_embedding(speakers)[:, None]
         x = self.encoder(x, mask=block_mask(width, s.block_size, tokens.device), src_key_padding_mask=padding)
         x = self.encoder_norm(x)
-        frames = x.repeat_interleave(s.frames_per_token, dim=1)  # [B, T * f, d]
+        if s.upsample == "linear":
+            frames = self.to_frames(x).reshape(x.shape[0], width * s.frames_per_token, s.d_model)
+        else:
+            frames = x.repeat_interleave(s.frames_per_token, dim=1)  # [B, T * f, d]
         frames = frames + self.frame_offset.weight.repeat(width, 1)[None]
         h = frames.transpose(1, 2)
         for block in self.frame_blocks:
