@@ -247,9 +247,10 @@ def test_a_loader_stopped_early_leaves_no_thread_behind(small_corpus, tmp_path, 
     """Training stops mid-pass (max_steps, max_time). Lhotse's concurrent bucketing fills buckets
     from a non-daemon thread that sleeps while they are full (a corpus larger than the bucket
     buffer, 20,000 cuts by NeMo's defaults, as the recipe's 26,000): alive, it kept
-    tools/train_speech_tokenizer.py from ever exiting. The recipe's loader has none; the concurrent one (the old default) shows the check bites.
-    The corpus is five times the bucket buffer, so the producer is blocked (not finished) at the check
-    however fast the machine: a corpus smaller than the buffer let a fast CI machine read it all first."""
+    tools/train_speech_tokenizer.py from ever exiting. The recipe's loader has none; the concurrent
+    one (the old default) shows the check bites. The corpus is five times the bucket buffer, so the
+    producer is blocked (not finished) at the check however fast the machine: a corpus smaller than
+    the buffer let a fast CI machine read it all first."""
     import threading
 
     lines = [json.loads(l) for l in (small_corpus / "train.jsonl").read_text().splitlines()]
