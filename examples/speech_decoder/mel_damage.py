@@ -70,7 +70,7 @@ DAMAGES = {
 
 
 def decoder_versions(decoder_path: str, tokenizer_path: str | None, amounts: list[float], manifest: Path,
-                     lines: list[tuple[int, dict]]) -> dict:
+                     lines: list[tuple[int, dict]], fallback_speaker: str = "flite:slt") -> dict:
     """Copy-synthesis, the decoder's mels of each utterance's tokens (computed from its audio, as the
     decoder evaluation does) and those mels sharpened by each amount, as "damages" of the true mel."""
     from megatron_speech.speech_decoder.decode import load_decoder
@@ -86,7 +86,7 @@ def decoder_versions(decoder_path: str, tokenizer_path: str | None, amounts: lis
             number, line = lines[index]
             audio = load_audio(manifest, number, line, decoder.mel_settings.sample_rate)
             tokens = tokenizer.tokenize(audio[None], torch.tensor([audio.numel()]))[0]
-            voice = line.get("speaker") if line.get("speaker") in list(decoder.cfg.speakers) else "flite:slt"
+            voice = decoded_speech.decoder_voice(decoder, line, fallback_speaker)
             cache[index] = decoder.decode([tokens], [decoder.speaker_id(voice)])[0]
         return cache[index]
 

@@ -29,6 +29,13 @@ def write_audio(path: Path, audio: np.ndarray, rate: int) -> Path:
     return path
 
 
+def decoder_voice(decoder, line: dict, fallback_speaker: str) -> str:
+    """The voice to decode a manifest record in: its own if the decoder's speaker table has it (a
+    held-out voice does not), else ``fallback_speaker``."""
+    voice = line.get("speaker")
+    return voice if voice in list(decoder.cfg.speakers) else fallback_speaker
+
+
 def make_versions(decoder, tokenizer, manifest: Path, lines: list[tuple[int, dict]], out: Path,
                   fallback_speaker: str, vocoder: Vocoder) -> tuple[list[dict], dict]:
     """Write each utterance's copy-synthesis and decoded audio under ``out``; returns one row an
@@ -43,7 +50,7 @@ def make_versions(decoder, tokenizer, manifest: Path, lines: list[tuple[int, dic
         true_mel = decoder.mel(audio[None])[0]
         name = Path(line["audio_filepath"]).stem + f"-{number}.wav"
         copy = write_audio(out / "copy_synthesis" / name, vocoder(true_mel), rate)
-        voice = line.get("speaker") if line.get("speaker") in list(decoder.cfg.speakers) else fallback_speaker
+        voice = decoder_voice(decoder, line, fallback_speaker)
         began = time.perf_counter()
         mel = decoder.decode([tokens], [decoder.speaker_id(voice)])[0]
         middle = time.perf_counter()
