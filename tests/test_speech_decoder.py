@@ -108,6 +108,95 @@ def test_padding_in_a_batch_changes_nothing():
     torch.testing.assert_close(batched[1:, :, :30], alone, atol=1e-5, rtol=1e-4)
 
 
+
+def test_the_critic_learns_to_tell_true_frames_from_blurred_ones():
+    """What the adversarial term is for: frames averaged in time (what L1 regression makes of
+    uncertain timing) are told from true ones by the critic, and a critic that saw no training
+    cannot tell them apart."""
+    from nemo.collections.tts.losses.hifigan_losses import DiscriminatorLoss
+
+    from megatron_speech.speech_decoder.mel_discriminator import MelDiscriminator
+
+    torch.manual_seed(0)
+    critic = MelDiscriminator(n_mels=8, channels=16, layers=3)
+    optimizer = torch.optim.AdamW(critic.parameters(), lr=2e-3, betas=(0.8, 0.99))
+
+    def batch():  # random steps between levels, held 1-6 frames: movement in time
+        frames = torch.randn(8, 8, 12).repeat_interleave(torch.randint(1, 7, (12,)), dim=2)[..., :48]
+        blurred = torch.nn.functional.avg_pool1d(frames, 5, stride=1, padding=2, count_include_pad=False)
+        return frames, blurred
+
+    def gap() -> float:
+        with torch.no_grad():
+            frames, blurred = batch()
+            return (critic(frames)[0].mean() - critic(blurred)[0].mean()).item()
+
+    untrained = gap()
+    for _ in range(150):
+        frames, blurred = batch()
+        loss, _, _ = DiscriminatorLoss()(disc_real_outputs=[critic(frames)[0]],
+                                         disc_generated_outputs=[critic(blurred)[0]])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert abs(untrained) < 0.2 and gap() > 0.6, (untrained, gap())
+
+
+def test_the_adversarial_term_needs_the_l1_head_and_a_sane_weight(pairs, tmp_path):
+    from megatron_speech.speech_decoder.model import SpeechDecoderModel
+
+    cfg = _config(pairs, tmp_path, head="flow")
+    cfg.model.adversarial.weight = 0.5
+    with pytest.raises(ValueError, match="adversarial needs the l1 head"):
+        SpeechDecoderModel(cfg.model)
+    cfg.model.adversarial.weight = -1.0
+    with pytest.raises(ValueError, match="adversarial weight"):
+        SpeechDecoderModel(cfg.model)
+    cfg.model.adversarial = {"weight": 0.5, "wieght": 1.0}
+    with pytest.raises(ValueError, match="wieght"):
+        SpeechDecoderModel(cfg.model)
+
+
+def test_the_adversarial_term_starts_at_its_step_and_resumes_with_its_critic(pairs, tmp_path):
+    """Two optimizers stepped by the model: ``global_step`` counts batches, the critic moves only from
+    ``start_step`` on, the decoder from the first step, and a checkpoint carries the critic's optimizer."""
+    import lightning.pytorch as pl
+
+    from megatron_speech.speech_decoder.model import SpeechDecoderModel
+
+    cfg = _config(pairs, tmp_path, head="l1")
+    cfg.model.adversarial.update({"weight": 0.5, "start_step": 2, "channels": 16, "layers": 2})
+    cfg.trainer.enable_checkpointing = False
+    cfg.trainer.gradient_clip_val = None  # the model clips each optimizer (tools/train_speech_decoder.py does this)
+
+    def fit(max_steps: int, model: SpeechDecoderModel, ckpt: str | None = None) -> pl.Trainer:
+        cfg.trainer.max_steps = max_steps
+        trainer = pl.Trainer(**cfg.trainer, default_root_dir=str(tmp_path))
+        model.set_trainer(trainer)
+        trainer.fit(model, ckpt_path=ckpt)
+        return trainer
+
+    model = SpeechDecoderModel(cfg.model)
+    critic0 = [p.detach().clone() for p in model.discriminator.parameters()]
+    decoder0 = [p.detach().clone() for p in model.net.parameters()]
+    trainer = fit(2, model)
+    assert trainer.global_step == 2 and model._discriminator_optim is None
+    assert all(torch.equal(a, b) for a, b in zip(critic0, model.discriminator.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(decoder0, model.net.parameters()))
+    trainer = fit(4, model)
+    assert trainer.global_step == 4
+    assert not all(torch.equal(a, b) for a, b in zip(critic0, model.discriminator.parameters()))
+    for key in ("critic", "score", "features", "l1"):
+        assert torch.isfinite(trainer.callback_metrics[key]), key
+    trainer.save_checkpoint(tmp_path / "adv.ckpt")
+    saved = torch.load(tmp_path / "adv.ckpt", weights_only=False)
+    state = saved["discriminator_optimizer"]["state"]
+    assert state and all(int(s["step"]) == 2 for s in state.values())  # the critic's two steps
+    resumed = SpeechDecoderModel(cfg.model)
+    trainer = fit(5, resumed, ckpt=str(tmp_path / "adv.ckpt"))
+    assert trainer.global_step == 5
+    assert all(int(s["step"]) == 3 for s in resumed._discriminator_optim.state_dict()["state"].values())
+
 # ---- the NeMo model and the tools, on tones standing in for speech ------------------------------
 
 TOKEN_SAMPLES = 1280  # 12.5 Hz at 16 kHz
@@ -200,6 +289,40 @@ def test_the_training_tool_writes_a_nemo_and_its_record_and_resumes(pairs, tmp_p
     assert longer.returncode == 0 and "resuming from" in longer.stdout, longer.stderr[-4000:]
     assert json.loads((tmp_path / "tiny" / "tiny.train.json").read_text())["steps"] == 6
 
+
+
+@pytest.mark.slow
+def test_the_training_tool_starts_an_adversarial_run_from_another_decoders_weights(pairs, trained, tmp_path):
+    """``init_from_nemo_model`` loads the decoder's weights (at a learning rate of ~0 they come out as
+    they went in, unlike a fresh start's), and the trainer's gradient clipping, which Lightning
+    refuses with two optimizers, is left to the model."""
+    from megatron_speech.speech_decoder.decode import load_decoder
+
+    cfg = _config(pairs, tmp_path, head="flow")
+    overrides = [f"model.net.{k}={v}" for k, v in cfg.model.net.items() if v is not None and k != "head"]
+    overrides += [f"model.{s}.{k}={cfg.model[s][k]}" for s in ("train_ds", "validation_ds")
+                  for k in ("tokens_filepath", "manifest_filepath", "batch_size")]
+    overrides += ["model.net.head=flow", "trainer.max_steps=2", "trainer.val_check_interval=2",
+                  "trainer.limit_val_batches=1", "model.optim.lr=1e-12", "model.optim.sched.min_lr=0",
+                  "model.optim.sched.warmup_steps=1", "model.adversarial.weight=0.5", "model.adversarial.lr=1e-12",
+                  f"exp_manager.exp_dir={tmp_path}"]
+    tool = [sys.executable, str(ROOT / "tools" / "train_speech_decoder.py"), *overrides]
+    refused = subprocess.run([*tool, "name=flow"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert refused.returncode != 0 and "adversarial needs the l1 head" in refused.stderr
+    overrides = [o for o in tool if not o.startswith("model.net.head")] + ["model.net.head=l1"]
+    start = load_decoder(str(trained)).net.state_dict()
+    runs = {}
+    for name, init in (("warm", [f"init_from_nemo_model={trained}"]), ("cold", [])):
+        done = subprocess.run([*overrides, f"name={name}", *init], capture_output=True, text=True, timeout=600,
+                              cwd=ROOT)
+        assert done.returncode == 0, done.stderr[-4000:]
+        assert ("starting from the weights of" in done.stdout) == bool(init)
+        runs[name] = load_decoder(str(tmp_path / name / f"{name}.nemo")).net.state_dict()
+    shared = [k for k in runs["warm"] if k in start]  # the flow head's estimator is not an l1 model's
+    assert len(shared) == len(runs["warm"])
+    for key in shared:
+        assert torch.allclose(runs["warm"][key], start[key], atol=1e-6), key
+    assert not all(torch.allclose(runs["cold"][k], start[k], atol=1e-6) for k in shared)
 
 def test_nemo_round_trip_decodes_the_same(trained, tmp_path):
     from megatron_speech.speech_decoder.decode import load_decoder

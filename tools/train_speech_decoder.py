@@ -3,12 +3,15 @@ model, or the HiFi-GAN vocoder of the full recipe (a config with ``model.generat
 
     .venv/bin/python tools/train_speech_decoder.py                          # the mini recipe
     .venv/bin/python tools/train_speech_decoder.py model.net.head=flow name=speech_decoder_mini_flow
+    .venv/bin/python tools/train_speech_decoder.py model.adversarial.weight=0.1 init_from_nemo_model=DECODER.nemo
     .venv/bin/python tools/train_speech_decoder.py --config-name full       # GLM-4-Voice scale (a GPU)
     .venv/bin/python tools/train_speech_decoder.py --config-name hifigan_full   # its vocoder (GPUs)
 
 Writes <exp_dir>/<name>/<name>.nemo and <name>.train.json (steps, minutes, whether the time guard
 cut the schedule short, the last validation mel L1, library versions). A rerun resumes from the
-newest Lightning checkpoint in <exp_dir>/<name>/checkpoints/. Griffin-Lim, the mini vocoder, needs no
+newest Lightning checkpoint in <exp_dir>/<name>/checkpoints/; with no checkpoint there,
+``init_from_nemo_model`` starts from another decoder's weights (e.g. an L1 model, to add the adversarial
+term to it). Griffin-Lim, the mini vocoder, needs no
 training; tools/decode_speech.py turns tokens into audio with either vocoder.
 """
 
@@ -21,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from nemo.core.config import hydra_runner
 
 from megatron_speech import atomic, nemo_runs
-from megatron_speech.speech_decoder.model import SpeechDecoderModel
+from megatron_speech.speech_decoder.model import SpeechDecoderModel, adversarial_settings
 from megatron_speech.speech_decoder.vocoder import hifigan_model_config
 
 CONF = str(Path(__file__).resolve().parents[1] / "examples" / "speech_decoder" / "conf")
@@ -36,11 +39,14 @@ def newest_checkpoint(folder: Path) -> str | None:
 def main(cfg: DictConfig) -> None:
     out = Path(cfg.exp_manager.exp_dir) / cfg.name
     out.mkdir(parents=True, exist_ok=True)
-    trainer = pl.Trainer(**cfg.trainer, default_root_dir=str(out))
+    trainer = pl.Trainer(**trainer_settings(cfg), default_root_dir=str(out))
     model = build_model(cfg.model, trainer)
     resume = newest_checkpoint(out / "checkpoints")
     if resume:
         print(f"resuming from {resume}", flush=True)
+    elif cfg.get("init_from_nemo_model"):
+        print(f"starting from the weights of {cfg.init_from_nemo_model}", flush=True)
+        model.maybe_init_from_pretrained_checkpoint(cfg)
     start = time.perf_counter()
     trainer.fit(model, ckpt_path=resume)
     minutes = (time.perf_counter() - start) / 60
@@ -58,6 +64,15 @@ def main(cfg: DictConfig) -> None:
     print(f"{cfg.name}: {trainer.global_step} steps in {minutes:.1f} min, validation mel L1 {report['val_mel_l1']}")
     if cut_short:
         nemo_runs.warn_cut_short(trainer.global_step, max_steps, cfg.trainer.get("max_time"))
+
+
+def trainer_settings(cfg: DictConfig) -> dict:
+    """``cfg.trainer``, less the gradient clipping where the model steps two optimizers itself (the
+    adversarial term: it clips each by ``model.adversarial.grad_clip``; Lightning refuses both)."""
+    settings = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if "generator" not in cfg.model and adversarial_settings(cfg.model).weight > 0:
+        settings["gradient_clip_val"] = None
+    return settings
 
 
 def build_model(model: DictConfig, trainer: pl.Trainer | None):

@@ -5,10 +5,16 @@ decoder is trained and shipped as the speech tokenizer is.
 ``cfg.speakers`` the voices of the training manifest (the speaker table's rows, filled in on the
 first build); ``cfg.token_rate`` the speech tokenizer's rate, from which the frames a token follow.
 The ``.nemo`` carries everything the decoding tool needs: it never reads the tokenizer again.
+
+``cfg.adversarial`` (``AdversarialSettings``, off at weight 0) adds a critic of the frames'
+movement in time (``mel_discriminator``) to the L1 head. It trains with two optimizers, so the model
+steps them itself (Lightning's manual optimization); only the decoder's optimizer is Lightning's, so
+``trainer.global_step`` still counts batches, and the critic's optimizer rides in the checkpoint.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,10 +27,34 @@ from megatron_speech.config_loader import build
 from megatron_speech.data import speech_tokens
 from megatron_speech.speech_decoder.data import TokenAudioPairs, collate, speakers_of
 from megatron_speech.speech_decoder.mel import MelSettings, MelSpectrogram
+from megatron_speech.speech_decoder.mel_discriminator import MelDiscriminator
 from megatron_speech.speech_decoder.token_to_mel import TokenToMel, TokenToMelSettings
 
 if "megatron_speech.speech_decoder." not in nemo_common.ALLOWED_TARGET_PREFIXES:
     nemo_common.ALLOWED_TARGET_PREFIXES.append("megatron_speech.speech_decoder.")
+
+
+@dataclass
+class AdversarialSettings:
+    """The decoder's loss becomes ``l1 + weight * (score + feature matching)`` from ``start_step`` on
+    (least-squares scores and feature matching: NeMo's HiFi-GAN losses); weight 0 turns it off."""
+
+    weight: float = 0.0
+    start_step: int = 0
+    channels: int = 128
+    layers: int = 4
+    lr: float = 2.0e-4
+    grad_clip: float = 1.0  # each optimizer's gradient norm (Lightning's clipping is for one optimizer)
+
+    def __post_init__(self) -> None:
+        if self.weight < 0 or self.start_step < 0:
+            raise ValueError(f"adversarial weight and start_step must be >= 0, got {self.weight}, {self.start_step}")
+
+
+def adversarial_settings(model_cfg: DictConfig) -> AdversarialSettings:
+    section = model_cfg.get("adversarial")
+    values = OmegaConf.to_container(section, resolve=True) if section is not None else {}
+    return build(AdversarialSettings, values, "model.adversarial")
 
 
 def _fill_in_from_training_data(cfg: DictConfig) -> None:
@@ -60,6 +90,15 @@ class SpeechDecoderModel(ModelPT):
         self.net = TokenToMel(self.net_settings)
         self.mel = MelSpectrogram(self.mel_settings)
         self.validation_step_outputs: list[torch.Tensor] = []
+        self.adversarial = adversarial_settings(cfg)
+        if self.adversarial.weight > 0:
+            if self.net_settings.head != "l1":
+                raise ValueError(f"model.adversarial needs the l1 head, got head {self.net_settings.head!r}")
+            self.discriminator = MelDiscriminator(self.mel_settings.n_mels, self.adversarial.channels,
+                                                  self.adversarial.layers)
+            self.automatic_optimization = False
+            self._discriminator_optim: torch.optim.Optimizer | None = None
+            self._discriminator_optim_state: dict | None = None
 
     def speaker_id(self, name: str | None) -> int:
         """A voice's row of the table; unknown or missing voices get row 0 (the first voice)."""
@@ -74,9 +113,76 @@ class SpeechDecoderModel(ModelPT):
         return self.net.loss(batch["tokens"], batch["token_lengths"], batch["speakers"], mels)
 
     def training_step(self, batch, batch_idx):
+        if self.adversarial.weight > 0:
+            return self._adversarial_step(batch)
         losses = self._losses(batch)
         self.log_dict({f"train_{k}" if k == "loss" else k: v for k, v in losses.items()}, prog_bar=True, on_step=True)
         return losses["loss"]
+
+    def _adversarial_step(self, batch: dict) -> torch.Tensor:
+        """One critic step (true frames against the decoder's), then one decoder step on L1 plus the
+        critic's verdict; before ``start_step`` the decoder step alone, on L1."""
+        from nemo.collections.tts.losses.hifigan_losses import (
+            DiscriminatorLoss, FeatureMatchingLoss, GeneratorLoss)
+
+        lengths = batch["token_lengths"]
+        with torch.no_grad():
+            mels = self.mel(batch["audio"])
+        mu = self.net.condition(batch["tokens"], lengths, batch["speakers"])
+        valid = self.net.frame_mask(lengths, mu.shape[-1])  # padding is zero in both, so never a clue
+        real, fake = mels[..., : mu.shape[-1]] * valid, mu * valid
+        l1 = self.net.masked_l1(mu, mels, lengths)
+        losses, loss = {"l1": l1}, l1
+        if self.global_step >= self.adversarial.start_step:
+            critic = self._discriminator_optimizer()
+            real_scores, _ = self.discriminator(real)
+            fake_scores, _ = self.discriminator(fake.detach())
+            loss_d, _, _ = DiscriminatorLoss()(disc_real_outputs=[real_scores], disc_generated_outputs=[fake_scores])
+            critic.zero_grad()
+            self.manual_backward(loss_d)
+            torch.nn.utils.clip_grad_norm_(self.discriminator.parameters(), self.adversarial.grad_clip)
+            critic.step()
+            with torch.no_grad():
+                _, real_features = self.discriminator(real)
+            fake_scores, fake_features = self.discriminator(fake)
+            score, _ = GeneratorLoss()(disc_outputs=[fake_scores])
+            features = FeatureMatchingLoss()(fmap_r=[real_features], fmap_g=[fake_features])
+            loss = l1 + self.adversarial.weight * (score + features)
+            losses.update(critic=loss_d, score=score, features=features)
+        decoder = self.optimizers()
+        decoder.zero_grad()
+        self.manual_backward(loss)
+        self.clip_gradients(decoder, gradient_clip_val=self.adversarial.grad_clip, gradient_clip_algorithm="norm")
+        decoder.step()
+        schedule = self.lr_schedulers()
+        if schedule is not None:
+            schedule.step()
+        losses["loss"] = loss
+        self.log_dict({f"train_{k}" if k == "loss" else k: v for k, v in losses.items()}, prog_bar=True, on_step=True)
+        return loss
+
+    def _discriminator_optimizer(self) -> torch.optim.Optimizer:
+        """Made on first use (after any checkpoint was read, whatever Lightning's order), outside
+        Lightning's optimizers so that ``global_step`` counts decoder steps."""
+        if self._discriminator_optim is None:
+            self._discriminator_optim = torch.optim.AdamW(self.discriminator.parameters(), lr=self.adversarial.lr,
+                                                          betas=(0.8, 0.99))
+            if self._discriminator_optim_state is not None:
+                self._discriminator_optim.load_state_dict(self._discriminator_optim_state)
+        return self._discriminator_optim
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.adversarial.weight > 0 and self._discriminator_optim is not None:
+            checkpoint["discriminator_optimizer"] = self._discriminator_optim.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.adversarial.weight > 0:
+            self._discriminator_optim_state = checkpoint.get("discriminator_optimizer")
+            self._discriminator_optim = None
+
+    def setup_optimizer_param_groups(self) -> None:
+        """The decoder's optimizer holds the decoder (the critic, if any, has its own)."""
+        self._optimizer_param_groups = [{"params": list(self.net.parameters())}]
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         with torch.no_grad():
