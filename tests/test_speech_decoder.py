@@ -324,6 +324,20 @@ def test_the_training_tool_starts_an_adversarial_run_from_another_decoders_weigh
         assert torch.allclose(runs["warm"][key], start[key], atol=1e-6), key
     assert not all(torch.allclose(runs["cold"][k], start[k], atol=1e-6) for k in shared)
 
+def test_the_evaluation_checks_streaming_and_says_when_a_decoder_does_not_stream(trained):
+    from megatron_speech.evaluation.decoded_speech import streaming_check
+    from megatron_speech.speech_decoder.decode import load_decoder
+
+    decoder = load_decoder(str(trained))
+    rows = [{"tokens": [i % 16 for i in range(n)], "decoder_voice": "flite:slt"} for n in (7, 16, 23)]
+    streamed = streaming_check(decoder, rows)
+    assert streamed["utterances"] == 3 and streamed["block_tokens"] == decoder.net_settings.block_size > 0
+    assert streamed["max_abs_difference"] < 1e-4 and streamed["first_block_seconds"] > 0
+    decoder.net_settings.block_size = 0  # full attention: an offline decoder (decoding still works)
+    assert decoder.decode([rows[0]["tokens"]], [0])[0].shape[-1] == 7 * 5
+    offline = streaming_check(decoder, rows)
+    assert offline["max_abs_difference"] is None and offline["utterances"] == 0
+
 def test_nemo_round_trip_decodes_the_same(trained, tmp_path):
     from megatron_speech.speech_decoder.decode import load_decoder
 

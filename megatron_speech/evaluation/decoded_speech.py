@@ -99,7 +99,11 @@ def judge_rows(rows: list[dict], judges: dict) -> dict:
 
 @torch.no_grad()
 def streaming_check(decoder, rows: list[dict], limit: int = 10) -> dict:
-    """Largest difference between block-by-block and offline mels, and the time to the first block."""
+    """Largest difference between block-by-block and offline mels, and the time to the first block;
+    ``None`` for a decoder that does not stream (``block_size`` 0: full attention)."""
+    if not decoder.net_settings.block_size:
+        return {"utterances": 0, "max_abs_difference": None, "first_block_seconds": None, "block_tokens": 0,
+                "lookahead_tokens": decoder.net_settings.lookahead}
     worst, first_block = 0.0, []
     for row in rows[:limit]:
         tokens = torch.tensor(row["tokens"])
