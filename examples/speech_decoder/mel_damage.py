@@ -85,9 +85,8 @@ def decoder_versions(decoder_path: str, tokenizer_path: str | None, amounts: lis
         if index not in cache:
             number, line = lines[index]
             audio = load_audio(manifest, number, line, decoder.mel_settings.sample_rate)
-            tokens = tokenizer.tokenize(audio[None], torch.tensor([audio.numel()]))[0]
-            voice = decoded_speech.decoder_voice(decoder, line, fallback_speaker)
-            cache[index] = decoder.decode([tokens], [decoder.speaker_id(voice)])[0]
+            _, cache[index] = decoded_speech.decode_as(decoder, decoded_speech.tokens_of(tokenizer, audio), line,
+                                                       fallback_speaker)
         return cache[index]
 
     versions = {"copy_synthesis": DAMAGES["copy_synthesis"], "decoded": lambda m, i: decoded(i)}

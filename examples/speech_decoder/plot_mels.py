@@ -50,9 +50,8 @@ def main() -> None:
         audio = load_audio(args.manifest, number, line, decoder.mel_settings.sample_rate)
         if not rows:
             rows.append((f"true mels ({line['id']}, {args.voice})", decoder.mel(audio[None])[0]))
-            tokens = tokenizer.tokenize(audio[None], torch.tensor([audio.numel()]))[0]
-        voice = decoded_speech.decoder_voice(decoder, line, args.voice)
-        rows.append((Path(path).stem, decoder.decode([tokens], [decoder.speaker_id(voice)])[0]))
+            tokens = decoded_speech.tokens_of(tokenizer, audio)
+        rows.append((Path(path).stem, decoded_speech.decode_as(decoder, tokens, line, args.voice)[1]))
     figure, axes = plt.subplots(len(rows), 1, figsize=(10, 2.0 * len(rows)), sharex=True)
     for axis, (title, mel) in zip(axes, rows):
         axis.imshow(mel[:, : args.frames].numpy(), origin="lower", aspect="auto", vmin=-2.5, vmax=2.5)

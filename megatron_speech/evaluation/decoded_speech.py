@@ -36,6 +36,17 @@ def decoder_voice(decoder, line: dict, fallback_speaker: str) -> str:
     return voice if voice in list(decoder.cfg.speakers) else fallback_speaker
 
 
+def tokens_of(tokenizer, audio: torch.Tensor) -> list[int]:
+    """One utterance's speech tokens (audio: float samples [n] at the tokenizer's rate)."""
+    return tokenizer.tokenize(audio[None], torch.tensor([audio.numel()]))[0]
+
+
+def decode_as(decoder, tokens: list[int], line: dict, fallback_speaker: str) -> tuple[str, torch.Tensor]:
+    """The voice a manifest record is decoded in (``decoder_voice``) and the decoder's mel of its tokens."""
+    voice = decoder_voice(decoder, line, fallback_speaker)
+    return voice, decoder.decode([tokens], [decoder.speaker_id(voice)])[0]
+
+
 def make_versions(decoder, tokenizer, manifest: Path, lines: list[tuple[int, dict]], out: Path,
                   fallback_speaker: str, vocoder: Vocoder) -> tuple[list[dict], dict]:
     """Write each utterance's copy-synthesis and decoded audio under ``out``; returns one row an
@@ -46,21 +57,19 @@ def make_versions(decoder, tokenizer, manifest: Path, lines: list[tuple[int, dic
 
     for number, line in tqdm(lines, desc=f"decode {manifest.name}", unit="utt"):
         audio = load_audio(manifest, number, line, rate)
-        tokens = tokenizer.tokenize(audio[None], torch.tensor([audio.numel()]))[0]
+        tokens = tokens_of(tokenizer, audio)
         true_mel = decoder.mel(audio[None])[0]
         name = Path(line["audio_filepath"]).stem + f"-{number}.wav"
         copy = write_audio(out / "copy_synthesis" / name, vocoder(true_mel), rate)
-        voice = decoder_voice(decoder, line, fallback_speaker)
         began = time.perf_counter()
-        mel = decoder.decode([tokens], [decoder.speaker_id(voice)])[0]
+        voice, mel = decode_as(decoder, tokens, line, fallback_speaker)
         middle = time.perf_counter()
         decoded_audio = vocoder(mel)
         timing["token_to_mel_seconds"] += middle - began
         timing["vocoder_seconds"] += time.perf_counter() - middle
         timing["audio_seconds"] += len(decoded_audio) / rate
         decoded = write_audio(out / "decoded" / name, decoded_audio, rate)
-        again = tokenizer.tokenize(torch.from_numpy(decoded_audio.astype(np.float32))[None],
-                                   torch.tensor([len(decoded_audio)]))[0]
+        again = tokens_of(tokenizer, torch.from_numpy(decoded_audio.astype(np.float32)))
         rows.append({"voice": line.get("speaker", ""), "decoder_voice": voice, "ref": line["text"],
                      "original": str(manifest.parent / line["audio_filepath"]), "copy_synthesis": str(copy),
                      "decoded": str(decoded), "tokens": tokens, "tokens_again": again})
