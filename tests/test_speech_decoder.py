@@ -109,6 +109,18 @@ def test_padding_in_a_batch_changes_nothing():
 
 
 
+def test_a_decoder_of_vectors_reads_vectors_streams_and_refuses_token_ids():
+    model = _tiny("l1", feature_dim=6)
+    vectors = torch.randn(11, 6)
+    offline = model.generate(vectors[None], torch.tensor([11]), torch.tensor([1]))[0]
+    torch.testing.assert_close(torch.cat(list(model.stream(vectors, speaker=1)), dim=-1), offline, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(offline, model.generate(vectors[None] + 1, torch.tensor([11]), torch.tensor([1]))[0])
+    with pytest.raises(ValueError, match=r"takes vectors \[B, T, 6\], got a torch.int64"):
+        model.generate(torch.randint(0, 16, (1, 11)), torch.tensor([11]), torch.tensor([1]))
+    with pytest.raises(ValueError, match="takes token ids, got a torch.float32"):
+        _tiny("l1").generate(vectors[None], torch.tensor([11]), torch.tensor([1]))
+
+
 def test_the_critic_learns_to_tell_true_frames_from_blurred_ones():
     """What the adversarial term is for: frames averaged in time (what L1 regression makes of
     uncertain timing) are told from true ones by the critic, and a critic that saw no training
@@ -365,6 +377,90 @@ def test_a_token_count_that_does_not_fit_the_audio_is_named(pairs, tmp_path):
     assert data[0]["audio"].numel() == 8 * TOKEN_SAMPLES  # padded to the tokens' span
     with pytest.raises(CorpusError, match=r"tokens\.jsonl:3: id 'u2': 24 speech tokens .*manifest\.jsonl line 3"):
         data[2]
+
+
+class _VectorTokenizer:
+    """Stands in for the Whisper tokenizer's ``continuous_vectors``: one vector a token, whose first
+    value is the token's index and second the loudness of its audio (so a crop can be checked)."""
+
+    def __init__(self, dim: int = 6):
+        from types import SimpleNamespace
+
+        self.cfg, self.dim, self.calls = SimpleNamespace(sample_rate=16000), dim, 0
+
+    def continuous_vectors(self, audio, lengths):
+        self.calls += 1
+        out = []
+        for wave, n in zip(audio, lengths.tolist()):
+            tokens = -(-n // TOKEN_SAMPLES)
+            rows = torch.zeros(tokens, self.dim)
+            rows[:, 0] = torch.arange(tokens)
+            rows[:, 1] = torch.stack([wave[j * TOKEN_SAMPLES: (j + 1) * TOKEN_SAMPLES].abs().mean() for j in range(tokens)])
+            out.append(rows)
+        return out
+
+
+def test_a_vector_store_keeps_each_utterances_vectors_and_the_crops_line_up(pairs, tmp_path):
+    from megatron_speech.data.corpus import CorpusError
+    from megatron_speech.speech_decoder.data import TokenAudioPairs
+    from megatron_speech.speech_decoder.vector_store import VectorStore, write_store
+
+    tokenizer = _VectorTokenizer()
+    meta = write_store(tokenizer, pairs / "manifest.jsonl", tmp_path / "vectors", batch_size=4)
+    assert (meta["dim"], sorted(meta["index"]), meta["rows"]) == (6, [f"u{i}" for i in range(6)], sum(8 + 2 * i for i in range(6)))
+    assert write_store(tokenizer, pairs / "manifest.jsonl", tmp_path / "vectors") == meta and tokenizer.calls == 2  # done: not redone
+    store = VectorStore(tmp_path / "vectors")
+    assert store["u3"].shape == (14, 6) and store["u3"].dtype == torch.float32
+    data = TokenAudioPairs(pairs / "tokens.jsonl", pairs / "manifest.jsonl", ["flite:slt"], 16000, TOKEN_SAMPLES, 5,
+                           random_crop=True, seed=3, vector_store=str(tmp_path / "vectors"))
+    starts = []
+    for index in range(6):
+        item, codes = data[index], data.pairs[index]["speech_tokens"]
+        starts.append(int(item["vectors"][0, 0]))
+        assert item["vectors"][:, 0].tolist() == list(range(starts[-1], starts[-1] + 5))
+        assert item["tokens"].tolist() == codes[starts[-1]: starts[-1] + 5]  # the tokens' crop, the vectors' crop
+        loudness = torch.stack([item["audio"][j * TOKEN_SAMPLES: (j + 1) * TOKEN_SAMPLES].abs().mean() for j in range(5)])
+        torch.testing.assert_close(item["vectors"][:4, 1], loudness[:4], atol=1e-3, rtol=1e-3)  # and the audio's
+    assert len(set(starts)) > 1  # random crops
+    short = _VectorTokenizer()
+    short.continuous_vectors = lambda audio, lengths: [v[:-1] for v in _VectorTokenizer().continuous_vectors(audio, lengths)]
+    write_store(short, pairs / "manifest.jsonl", tmp_path / "short")
+    data = TokenAudioPairs(pairs / "tokens.jsonl", pairs / "manifest.jsonl", ["flite:slt"], 16000, TOKEN_SAMPLES, 5,
+                           random_crop=False, vector_store=str(tmp_path / "short"))
+    with pytest.raises(CorpusError, match=r"tokens\.jsonl:2: id 'u1': 10 tokens but 9 vectors in .*short\.f16"):
+        data[1]
+    with pytest.raises(FileNotFoundError, match="no complete vector store"):
+        VectorStore(tmp_path / "missing")
+
+
+def test_a_decoder_trains_on_vectors_and_the_evaluation_feeds_it_vectors(pairs, tmp_path):
+    import lightning.pytorch as pl
+
+    from megatron_speech.evaluation.decoded_speech import decoder_input, streaming_check
+    from megatron_speech.speech_decoder.decode import load_decoder
+    from megatron_speech.speech_decoder.model import SpeechDecoderModel
+    from megatron_speech.speech_decoder.vector_store import write_store
+
+    tokenizer = _VectorTokenizer()
+    write_store(tokenizer, pairs / "manifest.jsonl", tmp_path / "vectors")
+    cfg = _config(pairs, tmp_path / "run", head="l1")
+    for split in ("train_ds", "validation_ds"):
+        cfg.model[split].vector_store = str(tmp_path / "vectors")
+    trainer = pl.Trainer(**cfg.trainer, default_root_dir=str(tmp_path / "run"))
+    model = SpeechDecoderModel(cfg.model, trainer=trainer)
+    trainer.fit(model)
+    model.save_to(str(tmp_path / "vectors.nemo"))
+    decoder = load_decoder(str(tmp_path / "vectors.nemo"))
+    assert decoder.cfg.net.feature_dim == 6 and not hasattr(decoder.net, "token_embedding")
+    audio = torch.sin(torch.arange(7 * TOKEN_SAMPLES) / 10.0)
+    vectors = decoder_input(decoder, tokenizer, audio, tokens=[1] * 7)
+    assert vectors.shape == (7, 6)
+    assert decoder.decode([vectors], [0])[0].shape == (80, 35)
+    with pytest.raises(ValueError, match="this decoder takes vectors"):
+        decoder.decode([[1] * 7], [0])
+    assert streaming_check(decoder, [{"tokens": [1] * 7, "decoder_voice": "flite:slt"}])["max_abs_difference"] is None
+    token_decoder = SpeechDecoderModel(_config(pairs, tmp_path / "tokens", head="l1").model)
+    assert decoder_input(token_decoder, tokenizer, audio, tokens=[1] * 7) == [1] * 7
 
 
 def _decode(pairs, output, model_path, *extra, env=None):

@@ -41,8 +41,17 @@ def tokens_of(tokenizer, audio: torch.Tensor) -> list[int]:
     return tokenizer.tokenize(audio[None], torch.tensor([audio.numel()]))[0]
 
 
-def decode_as(decoder, tokens: list[int], line: dict, fallback_speaker: str) -> tuple[str, torch.Tensor]:
-    """The voice a manifest record is decoded in (``decoder_voice``) and the decoder's mel of its tokens."""
+def decoder_input(decoder, tokenizer, audio: torch.Tensor, tokens: list[int]):
+    """What the decoder reads of an utterance: its tokens, or for a decoder built on the tokenizer's
+    continuous vectors (the quantization diagnostic, ``speech_decoder.vector_store``) those."""
+    if not decoder.net_settings.feature_dim:
+        return tokens
+    return tokenizer.continuous_vectors(audio[None], torch.tensor([audio.numel()]))[0]
+
+
+def decode_as(decoder, tokens, line: dict, fallback_speaker: str) -> tuple[str, torch.Tensor]:
+    """The voice a manifest record is decoded in (``decoder_voice``) and the decoder's mel of its
+    tokens (or vectors: ``decoder_input``)."""
     voice = decoder_voice(decoder, line, fallback_speaker)
     return voice, decoder.decode([tokens], [decoder.speaker_id(voice)])[0]
 
@@ -62,7 +71,7 @@ def make_versions(decoder, tokenizer, manifest: Path, lines: list[tuple[int, dic
         name = Path(line["audio_filepath"]).stem + f"-{number}.wav"
         copy = write_audio(out / "copy_synthesis" / name, vocoder(true_mel), rate)
         began = time.perf_counter()
-        voice, mel = decode_as(decoder, tokens, line, fallback_speaker)
+        voice, mel = decode_as(decoder, decoder_input(decoder, tokenizer, audio, tokens), line, fallback_speaker)
         middle = time.perf_counter()
         decoded_audio = vocoder(mel)
         timing["token_to_mel_seconds"] += middle - began
@@ -109,8 +118,8 @@ def judge_rows(rows: list[dict], judges: dict) -> dict:
 @torch.no_grad()
 def streaming_check(decoder, rows: list[dict], limit: int = 10) -> dict:
     """Largest difference between block-by-block and offline mels, and the time to the first block;
-    ``None`` for a decoder that does not stream (``block_size`` 0: full attention)."""
-    if not decoder.net_settings.block_size:
+    ``None`` for a decoder that does not stream (``block_size`` 0: full attention) or reads vectors."""
+    if not decoder.net_settings.block_size or decoder.net_settings.feature_dim:
         return {"utterances": 0, "max_abs_difference": None, "first_block_seconds": None, "block_tokens": 0,
                 "lookahead_tokens": decoder.net_settings.lookahead}
     worst, first_block = 0.0, []

@@ -5,7 +5,8 @@ Each pair is cut to at most ``max_tokens`` tokens at a token boundary (random in
 otherwise), with exactly the audio those tokens span (``samples_per_token`` each, silence past the
 end): a batch costs the same whatever the utterances' lengths, and frames line up with tokens.
 A token count that does not fit the audio (tokens of another rate or another corpus) is an error
-naming both files and the record.
+naming both files and the record. With a ``vector_store`` (the tokenizer's continuous vectors,
+``vector_store``), each item also carries the same crop of those vectors, one a token.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from megatron_speech.data.corpus import CorpusError, read_records
 from megatron_speech.data.speech_tokens import SPEECH_FIELD
 from megatron_speech.speech.audio import load_audio
+from megatron_speech.speech_decoder.vector_store import VectorStore
 
 
 def read_pairs(tokens: Path, manifest: Path) -> list[dict]:
@@ -45,9 +47,10 @@ def read_pairs(tokens: Path, manifest: Path) -> list[dict]:
 
 class TokenAudioPairs(torch.utils.data.Dataset):
     def __init__(self, tokens: Path, manifest: Path, speakers: list[str], sample_rate: int, samples_per_token: int,
-                 max_tokens: int, random_crop: bool, seed: int = 0) -> None:
+                 max_tokens: int, random_crop: bool, seed: int = 0, vector_store: str | None = None) -> None:
         self.tokens, self.manifest = Path(tokens), Path(manifest)
         self.pairs = read_pairs(self.tokens, self.manifest)
+        self.vectors = VectorStore(vector_store) if vector_store else None
         self.speaker_index = {name: i for i, name in enumerate(speakers)}
         self.sample_rate, self.samples_per_token = sample_rate, samples_per_token
         self.max_tokens, self.random_crop = max_tokens, random_crop
@@ -69,16 +72,31 @@ class TokenAudioPairs(torch.utils.data.Dataset):
         codes = codes[start: start + self.max_tokens]
         span = audio[start * self.samples_per_token: (start + len(codes)) * self.samples_per_token]
         span = torch.nn.functional.pad(span, (0, len(codes) * self.samples_per_token - span.numel()))
-        return {"tokens": torch.tensor(codes, dtype=torch.long), "audio": span,
+        item = {"tokens": torch.tensor(codes, dtype=torch.long), "audio": span,
                 "speaker": self.speaker_index.get(pair["speaker"], 0)}
+        if self.vectors is not None:
+            item["vectors"] = self._vectors(pair)[start: start + len(codes)]
+        return item
+
+    def _vectors(self, pair: dict) -> torch.Tensor:
+        if pair["id"] not in self.vectors:
+            raise CorpusError(self.tokens, pair["token_number"], f"id {pair['id']!r} is not in {self.vectors.path}")
+        vectors = self.vectors[pair["id"]]
+        if len(vectors) != len(pair[SPEECH_FIELD]):
+            raise CorpusError(self.tokens, pair["token_number"], f"id {pair['id']!r}: {len(pair[SPEECH_FIELD])} "
+                              f"tokens but {len(vectors)} vectors in {self.vectors.path}: another tokenizer?")
+        return vectors
 
 
 def collate(items: list[dict]) -> dict:
     pad = torch.nn.utils.rnn.pad_sequence
-    return {"tokens": pad([i["tokens"] for i in items], batch_first=True),
-            "token_lengths": torch.tensor([len(i["tokens"]) for i in items]),
-            "audio": pad([i["audio"] for i in items], batch_first=True),
-            "speakers": torch.tensor([i["speaker"] for i in items])}
+    batch = {"tokens": pad([i["tokens"] for i in items], batch_first=True),
+             "token_lengths": torch.tensor([len(i["tokens"]) for i in items]),
+             "audio": pad([i["audio"] for i in items], batch_first=True),
+             "speakers": torch.tensor([i["speaker"] for i in items])}
+    if "vectors" in items[0]:
+        batch["vectors"] = pad([i["vectors"] for i in items], batch_first=True)
+    return batch
 
 
 def speakers_of(manifest: Path) -> list[str]:

@@ -6,6 +6,10 @@ decoder is trained and shipped as the speech tokenizer is.
 first build); ``cfg.token_rate`` the speech tokenizer's rate, from which the frames a token follow.
 The ``.nemo`` carries everything the decoding tool needs: it never reads the tokenizer again.
 
+``train_ds.vector_store`` and ``validation_ds.vector_store`` (a diagnostic, ``vector_store``): the
+decoder takes the tokenizer's continuous vectors instead of its tokens (``net.feature_dim`` follows
+from the store), to measure what the quantization loses.
+
 ``cfg.adversarial`` (``AdversarialSettings``, off at weight 0) adds a critic of the frames'
 movement in time (``mel_discriminator``) to the L1 head. It trains with two optimizers, so the model
 steps them itself (Lightning's manual optimization); only the decoder's optimizer is Lightning's, so
@@ -14,6 +18,7 @@ steps them itself (Lightning's manual optimization); only the decoder's optimize
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +34,7 @@ from megatron_speech.speech_decoder.data import TokenAudioPairs, collate, speake
 from megatron_speech.speech_decoder.mel import MelSettings, MelSpectrogram
 from megatron_speech.speech_decoder.mel_discriminator import MelDiscriminator
 from megatron_speech.speech_decoder.token_to_mel import TokenToMel, TokenToMelSettings
+from megatron_speech.speech_decoder.vector_store import store_paths
 
 if "megatron_speech.speech_decoder." not in nemo_common.ALLOWED_TARGET_PREFIXES:
     nemo_common.ALLOWED_TARGET_PREFIXES.append("megatron_speech.speech_decoder.")
@@ -74,6 +80,13 @@ def _fill_in_from_training_data(cfg: DictConfig) -> None:
                 raise ValueError("model.net.codebook_size is not set and the training tokens have no speech "
                                  "tokenizer record")
             cfg.net.codebook_size = int(info["codebook_size"])
+        if train.get("vector_store") and not cfg.net.get("feature_dim"):
+            cfg.net.feature_dim = int(json.loads(store_paths(train.vector_store)[1].read_text())["dim"])
+
+
+def net_input(batch: dict) -> torch.Tensor:
+    """What the token-to-mel model reads: the tokens, or their continuous vectors when the data has them."""
+    return batch["vectors"] if "vectors" in batch else batch["tokens"]
 
 
 class SpeechDecoderModel(ModelPT):
@@ -110,7 +123,7 @@ class SpeechDecoderModel(ModelPT):
     def _losses(self, batch: dict) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             mels = self.mel(batch["audio"])
-        return self.net.loss(batch["tokens"], batch["token_lengths"], batch["speakers"], mels)
+        return self.net.loss(net_input(batch), batch["token_lengths"], batch["speakers"], mels)
 
     def training_step(self, batch, batch_idx):
         if self.adversarial.weight > 0:
@@ -128,7 +141,7 @@ class SpeechDecoderModel(ModelPT):
         lengths = batch["token_lengths"]
         with torch.no_grad():
             mels = self.mel(batch["audio"])
-        mu = self.net.condition(batch["tokens"], lengths, batch["speakers"])
+        mu = self.net.condition(net_input(batch), lengths, batch["speakers"])
         valid = self.net.frame_mask(lengths, mu.shape[-1])  # padding is zero in both, so never a clue
         real, fake = mels[..., : mu.shape[-1]] * valid, mu * valid
         l1 = self.net.masked_l1(mu, mels, lengths)
@@ -187,7 +200,7 @@ class SpeechDecoderModel(ModelPT):
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         with torch.no_grad():
             mels = self.mel(batch["audio"])
-            generated = self.net.generate(batch["tokens"], batch["token_lengths"], batch["speakers"])
+            generated = self.net.generate(net_input(batch), batch["token_lengths"], batch["speakers"])
         l1 = self.net.masked_l1(generated, mels, batch["token_lengths"])
         self.validation_step_outputs.append(l1)
         return l1
@@ -200,7 +213,8 @@ class SpeechDecoderModel(ModelPT):
     def _loader(self, cfg: DictConfig, train: bool):
         dataset = TokenAudioPairs(cfg.tokens_filepath, cfg.manifest_filepath, list(self.cfg.speakers),
                                   self.mel_settings.sample_rate, self.samples_per_token,
-                                  int(cfg.get("max_tokens", 50)), random_crop=train, seed=int(cfg.get("seed", 0)))
+                                  int(cfg.get("max_tokens", 50)), random_crop=train, seed=int(cfg.get("seed", 0)),
+                                  vector_store=cfg.get("vector_store"))
         return torch.utils.data.DataLoader(dataset, batch_size=int(cfg.batch_size), shuffle=train, collate_fn=collate,
                                            num_workers=int(cfg.get("num_workers", 0)), drop_last=train)
 
@@ -217,9 +231,11 @@ class SpeechDecoderModel(ModelPT):
     # ------------------------------------------------------------------ inference
 
     @torch.no_grad()
-    def decode(self, codes: list[list[int]], speakers: list[int], flow_steps: int | None = None) -> list[torch.Tensor]:
-        """Normalised mels [n_mels, frames] of each token sequence (frames = tokens x frames a token)."""
+    def decode(self, codes: list, speakers: list[int], flow_steps: int | None = None) -> list[torch.Tensor]:
+        """Normalised mels [n_mels, frames] of each token sequence (frames = tokens x frames a token);
+        a decoder built on vectors (``feature_dim``) takes tensors [tokens, D] instead."""
         lengths = torch.tensor([len(c) for c in codes])
-        padded = torch.nn.utils.rnn.pad_sequence([torch.tensor(c, dtype=torch.long) for c in codes], batch_first=True)
+        rows = [c if torch.is_tensor(c) else torch.tensor(c, dtype=torch.long) for c in codes]
+        padded = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
         mels = self.net.generate(padded, lengths, torch.tensor(speakers), flow_steps)
         return [m[:, :n] for m, n in zip(mels, self.net.frame_lengths(lengths).tolist())]

@@ -35,6 +35,7 @@ NOISE_FRAMES = 4096  # the fixed noise buffer: 65 s at 62.5 frames/s; longer out
 @dataclass
 class TokenToMelSettings:
     codebook_size: int
+    feature_dim: int = 0  # > 0: the input is the tokenizer's continuous vectors, not tokens (vector_store)
     num_speakers: int = 1  # a lookup table of the training voices (index 0 when there is one)
     n_mels: int = 80
     frames_per_token: int = 5
@@ -141,7 +142,10 @@ class TokenToMel(nn.Module):
     def __init__(self, settings: TokenToMelSettings) -> None:
         super().__init__()
         s = self.settings = settings
-        self.token_embedding = nn.Embedding(s.codebook_size, s.d_model)
+        if s.feature_dim:  # a diagnostic: vectors of this width instead of token ids (vector_store)
+            self.vector_input = nn.Sequential(nn.LayerNorm(s.feature_dim), nn.Linear(s.feature_dim, s.d_model))
+        else:
+            self.token_embedding = nn.Embedding(s.codebook_size, s.d_model)
         self.speaker_embedding = nn.Embedding(max(1, s.num_speakers), s.d_model)
         self.position = nn.Embedding(s.max_tokens, s.d_model)
         self.look_ahead = nn.Conv1d(s.d_model, s.d_model, s.lookahead + 1)  # token i sees i..i+lookahead
@@ -182,13 +186,14 @@ class TokenToMel(nn.Module):
     # ---- the condition --------------------------------------------------------------------------
 
     def condition(self, tokens: torch.Tensor, token_lengths: torch.Tensor, speakers: torch.Tensor) -> torch.Tensor:
-        """``mu`` [B, n_mels, frames]: tokens [B, T] (padding anywhere past each length), speakers [B]."""
+        """``mu`` [B, n_mels, frames]: tokens [B, T] (or, with ``feature_dim``, vectors [B, T, D]; padding
+        anywhere past each length), speakers [B]."""
         s = self.settings
         width = tokens.shape[1]
         if width > s.max_tokens:
             raise ValueError(f"{width} tokens: longer than max_tokens {s.max_tokens}")
         padding = torch.arange(width, device=tokens.device)[None] >= token_lengths[:, None]
-        x = self.token_embedding(tokens.masked_fill(padding, 0)).masked_fill(padding[..., None], 0.0)
+        x = self.embed(tokens, padding).masked_fill(padding[..., None], 0.0)
         ahead = self.look_ahead(F.pad(x.transpose(1, 2), (0, s.lookahead))).transpose(1, 2)  # zeros past the end
         x = x + ahead + self.position.weight[:width][None] + self.speaker_embedding(speakers)[:, None]
         x = self.encoder(x, mask=block_mask(width, s.block_size, tokens.device), src_key_padding_mask=padding)
@@ -202,6 +207,15 @@ class TokenToMel(nn.Module):
         for block in self.frame_blocks:
             h = block(h)
         return self.to_mu(h)
+
+    def embed(self, tokens: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """[B, T, d_model] of token ids, or of continuous vectors when the model was built for them."""
+        if bool(self.settings.feature_dim) != tokens.is_floating_point():
+            wanted = f"vectors [B, T, {self.settings.feature_dim}]" if self.settings.feature_dim else "token ids"
+            raise ValueError(f"this decoder takes {wanted}, got a {tokens.dtype} tensor of shape {tuple(tokens.shape)}")
+        if self.settings.feature_dim:
+            return self.vector_input(tokens)
+        return self.token_embedding(tokens.masked_fill(padding, 0))
 
     # ---- training -------------------------------------------------------------------------------
 

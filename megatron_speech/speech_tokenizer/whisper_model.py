@@ -172,6 +172,13 @@ class WhisperSpeechTokenizerModel(ModelPT):
         return [c[:n].tolist() for c, n in zip(codes, valid.sum(1).tolist())]
 
     @torch.no_grad()
+    def continuous_vectors(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> list[torch.Tensor]:
+        """Each utterance's vectors just before the quantizer [tokens, D] (what ``tokenize`` rounds to
+        codes): the speech decoder's diagnostic of how much the quantization loses."""
+        frames, valid = self._below_quantizer(audio, audio_lengths)
+        return [f[:n].float() for f, n in zip(frames, valid.sum(1).tolist())]
+
+    @torch.no_grad()
     def transcribe_tokens(self, codes: list[list[int]]) -> list[str]:
         """Greedy transcription of token sequences through the layers above the quantizer and the decoder."""
         lengths = torch.tensor([len(c) for c in codes])
