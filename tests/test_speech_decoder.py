@@ -431,6 +431,12 @@ def test_a_vector_store_keeps_each_utterances_vectors_and_the_crops_line_up(pair
         data[1]
     with pytest.raises(FileNotFoundError, match="no complete vector store"):
         VectorStore(tmp_path / "missing")
+    from megatron_speech.jobs import JobError, exclusive_lock
+
+    with exclusive_lock(tmp_path / "busy.lock", "held"):  # another writer of the same store
+        with pytest.raises(JobError, match=r"busy\.f16: the vector store is being written by another process"):
+            write_store(_VectorTokenizer(), pairs / "manifest.jsonl", tmp_path / "busy")
+    assert not (tmp_path / "busy.json").exists()
 
 
 def test_a_decoder_trains_on_vectors_and_the_evaluation_feeds_it_vectors(pairs, tmp_path):

@@ -8,7 +8,8 @@ A store is two files beside each other: ``<prefix>.f16``, every utterance's vect
 float16 rows one after another, and ``<prefix>.json``, ``{"dim": D, "tokenizer": ..., "index": {id:
 [first row, rows]}}``. Both are written under temporary names and renamed into place, the index
 last: a store with an index is complete, and a rerun of a complete store does nothing (a killed
-run starts again; the training set takes about as long as tokenizing it).
+run starts again; the training set takes about as long as tokenizing it). One writer at a time:
+``<prefix>.lock`` (``jobs.exclusive_lock``) refuses a second one by name.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from megatron_speech import atomic
+from megatron_speech import atomic, jobs
 from megatron_speech.data.corpus import CorpusError, read_records
 from megatron_speech.speech.audio import load_audio, pad_batch
 
@@ -37,6 +38,14 @@ def write_store(tokenizer, manifest: str | Path, prefix: str | Path, batch_size:
     rows_path, index_path = store_paths(prefix)
     if index_path.exists():
         return json.loads(index_path.read_text())
+    lock = Path(prefix).with_name(Path(prefix).name + ".lock")
+    with jobs.exclusive_lock(lock, f"{rows_path}: the vector store is being written"):
+        if index_path.exists():  # finished by another writer since the check above
+            return json.loads(index_path.read_text())
+        return _write(tokenizer, manifest, rows_path, index_path, batch_size, tokenizer_path)
+
+
+def _write(tokenizer, manifest: Path, rows_path: Path, index_path: Path, batch_size: int, tokenizer_path: str) -> dict:
     from tqdm import tqdm
 
     rate = tokenizer.cfg.sample_rate
