@@ -86,8 +86,7 @@ def decoder_versions(decoder_path: str, tokenizer_path: str | None, amounts: lis
             number, line = lines[index]
             audio = load_audio(manifest, number, line, decoder.mel_settings.sample_rate)
             tokens = decoded_speech.tokens_of(tokenizer, audio)
-            _, cache[index] = decoded_speech.decode_as(
-                decoder, decoded_speech.decoder_input(decoder, tokenizer, audio, tokens), line, fallback_speaker)
+            _, cache[index] = decoded_speech.decode_as(decoder, tokenizer, audio, tokens, line, fallback_speaker)
         return cache[index]
 
     versions = {"copy_synthesis": DAMAGES["copy_synthesis"], "decoded": lambda m, i: decoded(i)}

@@ -51,8 +51,7 @@ def main() -> None:
         if not rows:
             rows.append((f"true mels ({line['id']}, {args.voice})", decoder.mel(audio[None])[0]))
             tokens = decoded_speech.tokens_of(tokenizer, audio)
-        inputs = decoded_speech.decoder_input(decoder, tokenizer, audio, tokens)
-        rows.append((Path(path).stem, decoded_speech.decode_as(decoder, inputs, line, args.voice)[1]))
+        rows.append((Path(path).stem, decoded_speech.decode_as(decoder, tokenizer, audio, tokens, line, args.voice)[1]))
     figure, axes = plt.subplots(len(rows), 1, figsize=(10, 2.0 * len(rows)), sharex=True)
     for axis, (title, mel) in zip(axes, rows):
         axis.imshow(mel[:, : args.frames].numpy(), origin="lower", aspect="auto", vmin=-2.5, vmax=2.5)

@@ -49,11 +49,13 @@ def decoder_input(decoder, tokenizer, audio: torch.Tensor, tokens: list[int]):
     return tokenizer.continuous_vectors(audio[None], torch.tensor([audio.numel()]))[0]
 
 
-def decode_as(decoder, tokens, line: dict, fallback_speaker: str) -> tuple[str, torch.Tensor]:
-    """The voice a manifest record is decoded in (``decoder_voice``) and the decoder's mel of its
-    tokens (or vectors: ``decoder_input``)."""
+def decode_as(decoder, tokenizer, audio: torch.Tensor, tokens: list[int], line: dict,
+              fallback_speaker: str) -> tuple[str, torch.Tensor]:
+    """The voice a manifest record is decoded in (``decoder_voice``) and the decoder's mel of the
+    utterance: of its ``tokens``, or of its vectors for a decoder of vectors (``decoder_input``)."""
     voice = decoder_voice(decoder, line, fallback_speaker)
-    return voice, decoder.decode([tokens], [decoder.speaker_id(voice)])[0]
+    inputs = decoder_input(decoder, tokenizer, audio, tokens)
+    return voice, decoder.decode([inputs], [decoder.speaker_id(voice)])[0]
 
 
 def make_versions(decoder, tokenizer, manifest: Path, lines: list[tuple[int, dict]], out: Path,
@@ -71,7 +73,7 @@ def make_versions(decoder, tokenizer, manifest: Path, lines: list[tuple[int, dic
         name = Path(line["audio_filepath"]).stem + f"-{number}.wav"
         copy = write_audio(out / "copy_synthesis" / name, vocoder(true_mel), rate)
         began = time.perf_counter()
-        voice, mel = decode_as(decoder, decoder_input(decoder, tokenizer, audio, tokens), line, fallback_speaker)
+        voice, mel = decode_as(decoder, tokenizer, audio, tokens, line, fallback_speaker)
         middle = time.perf_counter()
         decoded_audio = vocoder(mel)
         timing["token_to_mel_seconds"] += middle - began
