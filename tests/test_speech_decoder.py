@@ -25,11 +25,11 @@ def _tiny(head: str, **overrides) -> TokenToMel:
     return TokenToMel(settings).eval()
 
 
-def test_a_12_5_hz_token_is_five_frames_at_16_khz_hop_256():
+def test_a_12_5_hz_token_is_five_frames_at_16_khz_hop_256_and_two_25_hz_tokens_are_five():
     mel = MelSettings()
-    assert mel.frames_per_token(12.5) == 5
-    with pytest.raises(ValueError, match="frames a token"):
-        mel.frames_per_token(25.0 / 3)
+    assert mel.token_frames(12.5) == (5, 1) and mel.token_frames(25.0) == (5, 2) and mel.token_frames(50.0) == (5, 4)
+    with pytest.raises(ValueError, match=r"4\.267 frames a token at 12\.5 Hz \(64 frames every 15 tokens\)"):
+        MelSettings(hop_length=300).token_frames(12.5)
     audio = torch.randn(1, 1280 * 7)
     frames = MelSpectrogram(mel)(audio)
     assert frames.shape == (1, 80, mel.frames(1280 * 7)) and mel.frames(1280 * 7) == 7 * 5 + 1
@@ -98,6 +98,37 @@ def test_a_block_does_not_depend_on_tokens_after_its_lookahead(upsample):
     b = model.generate(changed[None], torch.tensor([12]), torch.tensor([0]))[0]
     torch.testing.assert_close(a[:, :20], b[:, :20])
     assert not torch.allclose(a[:, 20:], b[:, 20:])
+
+
+@pytest.mark.parametrize("upsample", ["repeat", "linear"])
+def test_at_25_hz_two_tokens_become_five_frames_and_streaming_still_equals_offline(upsample):
+    """2.5 frames a token: frames are whole (7 tokens give 17), a group's frames come from its own
+    two tokens only, and blocks of whole groups stream as offline decoding."""
+    model = _tiny("l1", upsample=upsample, frames_per_group=5, tokens_per_group=2)
+    assert model.frame_lengths(torch.tensor([7, 8])).tolist() == [17, 20]
+    tokens = torch.randint(0, 16, (11,))
+    offline = model.generate(tokens[None], torch.tensor([11]), torch.tensor([1]))[0]
+    assert offline.shape == (8, 27)
+    blocks = list(model.stream(tokens, speaker=1))
+    assert [b.shape[-1] for b in blocks] == [10, 10, 7]
+    torch.testing.assert_close(torch.cat(blocks, dim=-1), offline, atol=1e-5, rtol=1e-4)
+    x = torch.randn(1, 4, 32)  # the upsampling alone: frames 0-4 from tokens 0-1, frames 5-9 from tokens 2-3
+    y = x.clone()
+    y[:, 2:] += 1
+    a, b = model.upsample(x), model.upsample(y)
+    assert a.shape == (1, 10, 32)
+    torch.testing.assert_close(a[:, :5], b[:, :5])
+    assert not torch.allclose(a[:, 5:], b[:, 5:])
+    with pytest.raises(ValueError, match="block_size 5 is not a whole number of token groups"):
+        TokenToMelSettings(codebook_size=16, tokens_per_group=2, block_size=5)
+
+
+def test_at_12_5_hz_the_grouped_upsampling_is_the_plain_repeat():
+    """One token a group: what every decoder trained before groups existed computes."""
+    model = _tiny("l1")
+    x = torch.randn(2, 6, 32)
+    expected = x.repeat_interleave(5, dim=1) + model.frame_offset.weight.repeat(6, 1)[None]
+    torch.testing.assert_close(model.upsample(x), expected)
 
 
 def test_padding_in_a_batch_changes_nothing():
@@ -364,6 +395,46 @@ def test_nemo_round_trip_decodes_the_same(trained, tmp_path):
         torch.testing.assert_close(x, y)
 
 
+def test_a_decoder_of_25_hz_tokens_crops_on_frames_trains_and_decodes(pairs, tmp_path):
+    """The same audio with twice the tokens (25 Hz): the model takes the group (5 frames, 2 tokens)
+    from the tokens' record, crops start on an even token (a whole frame), and Lightning trains it."""
+    import lightning.pytorch as pl
+
+    from megatron_speech.data import speech_tokens
+    from megatron_speech.speech_decoder.model import SpeechDecoderModel
+
+    records = [json.loads(line) for line in (pairs / "tokens.jsonl").read_text().splitlines()]
+    for record in records:
+        record["speech_tokens"] = [c for c in record["speech_tokens"] for _ in range(2)]
+    tokens = tmp_path / "tokens25.jsonl"
+    tokens.write_text("".join(json.dumps(r) + "\n" for r in records))
+    speech_tokens.write_info(tokens, {"name": "test", "model_type": "whisper_vq", "token_rate": 25.0,
+                                      "codebook_size": 16, "fingerprint": "0"})
+    cfg = _config(pairs, tmp_path / "run", head="l1")
+    for split in ("train_ds", "validation_ds"):
+        cfg.model[split].tokens_filepath = str(tokens)
+        cfg.model[split].max_tokens = 7  # odd: a crop may end inside a group
+    cfg.model.net.block_size = 4
+    trainer = pl.Trainer(**cfg.trainer, default_root_dir=str(tmp_path / "run"))
+    model = SpeechDecoderModel(cfg.model, trainer=trainer)
+    assert (model.net_settings.frames_per_group, model.net_settings.tokens_per_group, model.samples_per_token) == (5, 2, 640)
+    data = model._train_dl.dataset
+    starts = set()
+    for _ in range(20):
+        for index in range(len(data)):
+            item = data[index]
+            codes = data.pairs[index]["speech_tokens"]
+            start = next((s for s in range(0, len(codes), 2) if codes[s: s + 7] == item["tokens"].tolist()), None)
+            assert start is not None, f"a crop of {data.pairs[index]['id']} starts on no even token"
+            starts.add(start)
+            assert item["audio"].numel() == 7 * 640
+    assert len(starts) > 2  # random crops
+    trainer.fit(model)
+    assert torch.isfinite(torch.tensor(trainer.callback_metrics["val_mel_l1"].item()))
+    mels = model.decode([[1] * 7, [2] * 8], [0, 1])
+    assert [m.shape for m in mels] == [(80, 17), (80, 20)]
+
+
 def test_a_token_count_that_does_not_fit_the_audio_is_named(pairs, tmp_path):
     from megatron_speech.data.corpus import CorpusError
     from megatron_speech.speech_decoder.data import TokenAudioPairs
@@ -548,9 +619,9 @@ def test_the_full_config_has_glm_4_voice_shapes():
 
     cfg = OmegaConf.load(ROOT / "examples" / "speech_decoder" / "conf" / "full.yaml")
     mel = build(MelSettings, OmegaConf.to_container(cfg.model.mel), "model.mel")
-    assert (mel.sample_rate, mel.n_mels, mel.frames_per_token(12.5)) == (22050, 80, 7)
+    assert (mel.sample_rate, mel.n_mels, mel.token_frames(12.5)) == (22050, 80, (7, 1))
     net = OmegaConf.to_container(cfg.model.net)
-    net.update(codebook_size=16384, num_speakers=4, frames_per_token=7, n_mels=80)
+    net.update(codebook_size=16384, num_speakers=4, frames_per_group=7, n_mels=80)
     model = TokenToMel(build(TokenToMelSettings, net, "model.net")).eval()
     tokens = torch.randint(0, 16384, (1, 13))
     assert tuple(model.condition(tokens, torch.tensor([13]), torch.tensor([3])).shape) == (1, 80, 91)

@@ -2,8 +2,10 @@
 (contract 1) that holds each utterance's audio and speaker.
 
 Each pair is cut to at most ``max_tokens`` tokens at a token boundary (random in training, the start
-otherwise), with exactly the audio those tokens span (``samples_per_token`` each, silence past the
-end): a batch costs the same whatever the utterances' lengths, and frames line up with tokens.
+otherwise; a multiple of ``crop_step`` tokens, so that a crop starts on a mel frame when tokens are
+not whole frames: 2 at 25 Hz), with exactly the audio those tokens span (``samples_per_token`` each,
+silence past the end): a batch costs the same whatever the utterances' lengths, and frames line up
+with tokens.
 A token count that does not fit the audio (tokens of another rate or another corpus) is an error
 naming both files and the record. With a ``vector_store`` (the tokenizer's continuous vectors,
 ``vector_store``), each item also carries the same crop of those vectors, one a token.
@@ -47,13 +49,14 @@ def read_pairs(tokens: Path, manifest: Path) -> list[dict]:
 
 class TokenAudioPairs(torch.utils.data.Dataset):
     def __init__(self, tokens: Path, manifest: Path, speakers: list[str], sample_rate: int, samples_per_token: int,
-                 max_tokens: int, random_crop: bool, seed: int = 0, vector_store: str | None = None) -> None:
+                 max_tokens: int, random_crop: bool, seed: int = 0, vector_store: str | None = None,
+                 crop_step: int = 1) -> None:
         self.tokens, self.manifest = Path(tokens), Path(manifest)
         self.pairs = read_pairs(self.tokens, self.manifest)
         self.vectors = VectorStore(vector_store) if vector_store else None
         self.speaker_index = {name: i for i, name in enumerate(speakers)}
         self.sample_rate, self.samples_per_token = sample_rate, samples_per_token
-        self.max_tokens, self.random_crop = max_tokens, random_crop
+        self.max_tokens, self.random_crop, self.crop_step = max_tokens, random_crop, crop_step
         self.rng = random.Random(seed)
 
     def __len__(self) -> int:
@@ -68,7 +71,8 @@ class TokenAudioPairs(torch.utils.data.Dataset):
             raise CorpusError(self.tokens, pair["token_number"], f"id {pair['id']!r}: {len(codes)} speech tokens for "
                               f"{audio.numel()} samples of {self.manifest} line {pair['number']} (expected about "
                               f"{expected}): tokens of another rate or another corpus?")
-        start = self.rng.randrange(0, max(1, len(codes) - self.max_tokens + 1)) if self.random_crop else 0
+        starts = -(-max(1, len(codes) - self.max_tokens + 1) // self.crop_step)  # whole steps that fit
+        start = self.crop_step * self.rng.randrange(0, starts) if self.random_crop else 0
         codes = codes[start: start + self.max_tokens]
         span = audio[start * self.samples_per_token: (start + len(codes)) * self.samples_per_token]
         span = torch.nn.functional.pad(span, (0, len(codes) * self.samples_per_token - span.numel()))

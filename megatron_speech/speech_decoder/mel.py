@@ -1,7 +1,8 @@
 """The speech decoder's mel spectrogram, and Griffin-Lim: the mini recipe's vocoder.
 
 One definition of the frames serves the token-to-mel model's targets, the vocoder and the tests:
-16 kHz audio, hop 256, so a 12.5 Hz speech token (1,280 samples) is exactly 5 frames. The values
+16 kHz audio, hop 256, so a 12.5 Hz speech token (1,280 samples) is exactly 5 frames (and two 25 Hz
+tokens are 5 frames: ``token_frames`` gives the smallest whole group). The values
 are natural-log amplitude mels, shifted and scaled (``mean``, ``std``) to about unit variance,
 because flow matching starts from unit Gaussian noise. The filter bank is librosa's, so that
 librosa's mel inversion (Griffin-Lim) undoes exactly what this module computes.
@@ -10,11 +11,13 @@ librosa's mel inversion (Griffin-Lim) undoes exactly what this module computes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 import torch
 
 LOG_FLOOR = 1e-5  # amplitude floor before the log: silence is log(1e-5) = -11.5
+MAX_TOKENS_PER_GROUP = 4  # crops and streaming blocks align to a group: keep it small
 
 
 @dataclass(frozen=True)
@@ -32,13 +35,16 @@ class MelSettings:
         """Frames of ``num_samples`` (centred STFT: one frame every hop, plus the first)."""
         return 1 + num_samples // self.hop_length
 
-    def frames_per_token(self, token_rate: float) -> int:
-        """Mel frames a speech token spans; the rates must divide evenly (12.5 Hz at hop 256 -> 5)."""
-        exact = self.sample_rate / self.hop_length / token_rate
-        if abs(exact - round(exact)) > 1e-6:
-            raise ValueError(f"{self.sample_rate} Hz / hop {self.hop_length} is {exact:.3f} frames a token at "
-                             f"{token_rate} Hz: choose a hop that divides the token's samples")
-        return int(round(exact))
+    def token_frames(self, token_rate: float) -> tuple[int, int]:
+        """``(frames, tokens)``: the smallest whole number of mel frames that spans a whole number of
+        speech tokens (12.5 Hz at 16 kHz, hop 256: 5 frames a token; 25 Hz: 5 frames every 2 tokens).
+        A rate whose group would be long (a hop that does not fit the token) is an error."""
+        ratio = Fraction(self.sample_rate, self.hop_length) / Fraction(token_rate).limit_denominator(1000)
+        if ratio.denominator > MAX_TOKENS_PER_GROUP:
+            raise ValueError(f"{self.sample_rate} Hz / hop {self.hop_length} is {float(ratio):.3f} frames a token at "
+                             f"{token_rate} Hz ({ratio.numerator} frames every {ratio.denominator} tokens): choose "
+                             f"a hop that fits the token's samples")
+        return ratio.numerator, ratio.denominator
 
     def filter_bank(self) -> torch.Tensor:
         import librosa

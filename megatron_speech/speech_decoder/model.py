@@ -94,11 +94,13 @@ class SpeechDecoderModel(ModelPT):
         _fill_in_from_training_data(cfg)
         self.mel_settings = build(MelSettings, OmegaConf.to_container(cfg.mel, resolve=True), "model.mel")
         net = OmegaConf.to_container(cfg.net, resolve=True)
-        net.setdefault("frames_per_token", self.mel_settings.frames_per_token(cfg.token_rate))
+        frames, tokens = self.mel_settings.token_frames(cfg.token_rate)
+        net.setdefault("frames_per_group", frames)
+        net.setdefault("tokens_per_group", tokens)
         net.setdefault("n_mels", self.mel_settings.n_mels)
         net.setdefault("num_speakers", len(cfg.speakers))
         self.net_settings = build(TokenToMelSettings, net, "model.net")
-        self.samples_per_token = self.mel_settings.hop_length * self.net_settings.frames_per_token
+        self.samples_per_token = int(round(self.mel_settings.sample_rate / cfg.token_rate))
         super().__init__(cfg=cfg, trainer=trainer)  # sets up the data, which needs the above
         self.net = TokenToMel(self.net_settings)
         self.mel = MelSpectrogram(self.mel_settings)
@@ -214,7 +216,7 @@ class SpeechDecoderModel(ModelPT):
         dataset = TokenAudioPairs(cfg.tokens_filepath, cfg.manifest_filepath, list(self.cfg.speakers),
                                   self.mel_settings.sample_rate, self.samples_per_token,
                                   int(cfg.get("max_tokens", 50)), random_crop=train, seed=int(cfg.get("seed", 0)),
-                                  vector_store=cfg.get("vector_store"))
+                                  vector_store=cfg.get("vector_store"), crop_step=self.net_settings.tokens_per_group)
         return torch.utils.data.DataLoader(dataset, batch_size=int(cfg.batch_size), shuffle=train, collate_fn=collate,
                                            num_workers=int(cfg.get("num_workers", 0)), drop_last=train)
 
@@ -232,7 +234,7 @@ class SpeechDecoderModel(ModelPT):
 
     @torch.no_grad()
     def decode(self, codes: list, speakers: list[int], flow_steps: int | None = None) -> list[torch.Tensor]:
-        """Normalised mels [n_mels, frames] of each token sequence (frames = tokens x frames a token);
+        """Normalised mels [n_mels, frames] of each token sequence (``net.frame_lengths`` of its tokens);
         a decoder built on vectors (``feature_dim``) takes tensors [tokens, D] instead."""
         lengths = torch.tensor([len(c) for c in codes])
         rows = [c if torch.is_tensor(c) else torch.tensor(c, dtype=torch.long) for c in codes]

@@ -1,9 +1,11 @@
 """Speech tokens -> mel frames: CosyVoice's decoder (GLM-4-Voice's) in small, trainable on a CPU.
 
 Token embeddings and a speaker embedding go through a transformer at the token rate (cheap: 12.5
-steps a second), are repeated ``frames_per_token`` times (5 at 16 kHz, hop 256; or, ``upsample:
-linear``, projected to that many frame vectors of their own) and refined by causal convolutions at
-the frame rate, then projected to ``mu``: a mel-shaped condition. Two heads:
+steps a second), are repeated to the frame rate (5 frames a token at 16 kHz, hop 256; or, ``upsample:
+linear``, projected to frame vectors of their own) and refined by causal convolutions at the frame
+rate, then projected to ``mu``: a mel-shaped condition. A rate whose tokens are not a whole number
+of frames (25 Hz: 2.5 frames) is upsampled a group at a time: ``tokens_per_group`` tokens become
+``frames_per_group`` frames (2 -> 5), so frames never straddle tokens of two groups. Two heads:
 
 - ``l1``: ``mu`` is the mel (L1 regression): fast, blurry.
 - ``flow``: conditional flow matching (NeMo's ``OptimalTransportFlow`` and Euler sampler) from
@@ -38,7 +40,8 @@ class TokenToMelSettings:
     feature_dim: int = 0  # > 0: the input is the tokenizer's continuous vectors, not tokens (vector_store)
     num_speakers: int = 1  # a lookup table of the training voices (index 0 when there is one)
     n_mels: int = 80
-    frames_per_token: int = 5
+    frames_per_group: int = 5  # mel frames of ...
+    tokens_per_group: int = 1  # ... this many tokens (MelSettings.token_frames: 5 of 1 at 12.5 Hz, 5 of 2 at 25 Hz)
     d_model: int = 192
     num_layers: int = 4
     num_heads: int = 4
@@ -53,7 +56,7 @@ class TokenToMelSettings:
     estimator_layers: int = 4
     flow_steps: int = 10  # Euler steps at inference
     sigma_end: float = 1e-4
-    block_size: int = 10  # tokens a streaming block (0: full attention, no streaming)
+    block_size: int = 10  # tokens a streaming block (0: full attention, no streaming); whole groups
     lookahead: int = 2  # tokens of the next block a block may see
     max_tokens: int = 1500  # positions (2 minutes at 12.5 Hz)
     noise_seed: int = 0
@@ -67,6 +70,12 @@ class TokenToMelSettings:
             raise ValueError(f"upsample must be one of {UPSAMPLES}, got {self.upsample!r}")
         if self.lookahead < 0:
             raise ValueError(f"lookahead must be >= 0, got {self.lookahead}")
+        if self.frames_per_group < 1 or self.tokens_per_group < 1:
+            raise ValueError(f"frames_per_group and tokens_per_group must be >= 1, got {self.frames_per_group}, "
+                             f"{self.tokens_per_group}")
+        if self.block_size % self.tokens_per_group:
+            raise ValueError(f"block_size {self.block_size} is not a whole number of token groups "
+                             f"({self.tokens_per_group} tokens): a group's frames would straddle two blocks")
 
 
 def block_mask(num_tokens: int, block_size: int, device=None) -> torch.Tensor | None:
@@ -155,9 +164,9 @@ class TokenToMel(nn.Module):
         self.encoder_norm = nn.LayerNorm(s.d_model)
         # causal at the frame rate, so no normalisation across frames either (see VectorFieldEstimator)
         self.frame_blocks = nn.ModuleList(CausalBlock(s.d_model, s.conv_kernel) for _ in range(s.frame_conv_layers))
-        self.frame_offset = nn.Embedding(s.frames_per_token, s.d_model)  # where in its token a frame is
-        if s.upsample == "linear":  # each token its own path through its frames
-            self.to_frames = nn.Linear(s.d_model, s.frames_per_token * s.d_model)
+        self.frame_offset = nn.Embedding(s.frames_per_group, s.d_model)  # where in its group a frame is
+        if s.upsample == "linear":  # each group of tokens its own path through its frames
+            self.to_frames = nn.Linear(s.tokens_per_group * s.d_model, s.frames_per_group * s.d_model)
         self.to_mu = nn.Conv1d(s.d_model, s.n_mels, 1)
         if s.head == "flow":
             from nemo.collections.audio.parts.submodules.flow import OptimalTransportFlow
@@ -170,7 +179,8 @@ class TokenToMel(nn.Module):
     # ---- shapes ---------------------------------------------------------------------------------
 
     def frame_lengths(self, token_lengths: torch.Tensor) -> torch.Tensor:
-        return token_lengths * self.settings.frames_per_token
+        """Frames of so many tokens (whole frames: 2.5 a token at 25 Hz, so 7 tokens give 17)."""
+        return token_lengths * self.settings.frames_per_group // self.settings.tokens_per_group
 
     def frame_mask(self, token_lengths: torch.Tensor, frames: int) -> torch.Tensor:
         """[B, 1, frames]: 1.0 on each utterance's frames, 0.0 on padding."""
@@ -197,16 +207,24 @@ class TokenToMel(nn.Module):
         ahead = self.look_ahead(F.pad(x.transpose(1, 2), (0, s.lookahead))).transpose(1, 2)  # zeros past the end
         x = x + ahead + self.position.weight[:width][None] + self.speaker_embedding(speakers)[:, None]
         x = self.encoder(x, mask=block_mask(width, s.block_size, tokens.device), src_key_padding_mask=padding)
-        x = self.encoder_norm(x)
-        if s.upsample == "linear":
-            frames = self.to_frames(x).reshape(x.shape[0], width * s.frames_per_token, s.d_model)
-        else:
-            frames = x.repeat_interleave(s.frames_per_token, dim=1)  # [B, T * f, d]
-        frames = frames + self.frame_offset.weight.repeat(width, 1)[None]
-        h = frames.transpose(1, 2)
+        h = self.upsample(self.encoder_norm(x)).transpose(1, 2)
         for block in self.frame_blocks:
             h = block(h)
         return self.to_mu(h)
+
+    def upsample(self, x: torch.Tensor) -> torch.Tensor:
+        """Token vectors [B, T, d] -> frame vectors [B, frame_lengths(T), d], a group of tokens at a
+        time (a last, partial group is padded with zeros and its frames past the tokens cut)."""
+        s = self.settings
+        width, q, p = x.shape[1], s.tokens_per_group, s.frames_per_group
+        groups = -(-width // q)
+        x = F.pad(x, (0, 0, 0, groups * q - width))
+        if s.upsample == "linear":
+            frames = self.to_frames(x.reshape(x.shape[0], groups, q * s.d_model)).reshape(x.shape[0], groups * p, -1)
+        else:  # frame j repeats the token it lies in: floor(j * q / p)
+            frames = x[:, torch.arange(groups * p, device=x.device) * q // p]
+        frames = frames + self.frame_offset.weight.repeat(groups, 1)[None]
+        return frames[:, : width * p // q]
 
     def embed(self, tokens: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
         """[B, T, d_model] of token ids, or of continuous vectors when the model was built for them."""
@@ -273,4 +291,5 @@ class TokenToMel(nn.Module):
             end = min(start + s.block_size, total)
             seen = min(end + s.lookahead, total)
             mels = self.generate(tokens[None, :seen], torch.tensor([seen]), torch.tensor([speaker]), flow_steps)
-            yield mels[0, :, start * s.frames_per_token: end * s.frames_per_token]
+            first, last = self.frame_lengths(torch.tensor([start, end])).tolist()
+            yield mels[0, :, first:last]
