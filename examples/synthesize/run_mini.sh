@@ -3,15 +3,20 @@
 # cores). Needs the speech corpus and a speech tokenizer of either kind (examples/speech_tokenizer/
 # README.md; the Whisper recipe's by default) and the default corpus of the small default
 # (examples/tiny/run.sh). Every step is skipped when its output exists.
+#
+#   SPEECH_TOKENIZER=work/speech_tokenizer/X/X.nemo W=work/t2t_X bash examples/synthesize/run_mini.sh
+# runs the chain on another speech tokenizer's tokens in its own folder (the configs name work/t2t;
+# the folder is passed to every step instead).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
 SPEECH_TOKENIZER=${SPEECH_TOKENIZER:-work/speech_tokenizer/whisper_vq_mini/whisper_vq_mini.nemo}
-W=work/t2t
+W=${W:-work/t2t}
 # VOICE=espeak:en-gb: TTS pairs name their voice, the WER check speaks each test sentence in its
 # recording's voice, synthesis speaks in VOICE (README: measured, no better; off by default)
 VOICE=${VOICE:-}
-PAIRS=(); CHECK=(); SPEAK=()
+# TRAIN: more --set overrides for the text-to-token training, e.g. (--set checkpoint.save_interval=500)
+PAIRS=(); CHECK=(); SPEAK=(); TRAIN=(${TRAIN_SET:-})
 if [ -n "$VOICE" ]; then
   PAIRS=(--voice-field speaker); CHECK=(--voices-from-records); SPEAK=(--set "generation.voice=$VOICE")
 fi
@@ -30,17 +35,21 @@ done
   --tokenizer $W/tokenizer --output-prefix $W/data/tts_train --layout tts "${PAIRS[@]}"
 # 4. train through the pre-training entry point (resumes if interrupted)
 $PY -m torch.distributed.run --standalone --nproc-per-node "${NPROC:-2}" tools/pretrain.py \
-  --config examples/synthesize/configs/text_to_token_mini.yaml
+  --config examples/synthesize/configs/text_to_token_mini.yaml --set tokenizer=$W/tokenizer \
+  --set "data.sources=[{prefix: $W/data/tts_train, weight: 1.0, layout: tts, loss: audio}]" \
+  --set schedule.metrics_file=$W/metrics.jsonl --set checkpoint.dir=$W/checkpoints "${TRAIN[@]}"
+MODEL=(--config examples/synthesize/mini.yaml --set checkpoint=$W/checkpoints --set tokenizer=$W/tokenizer)
 # 5. do the synthetic tokens keep their words? (held-out sentences, training voices and held-out voice)
-[ -f $W/eval_test.json ] || $PY tools/evaluate_synthesis.py --config examples/synthesize/mini.yaml \
+[ -f $W/eval_test.json ] || $PY tools/evaluate_synthesis.py "${MODEL[@]}" \
   --speech-tokenizer "$SPEECH_TOKENIZER" --texts $W/tokens_test.jsonl --output $W/eval_test.json "${CHECK[@]}"
-[ -f $W/eval_test_heldout_voice.json ] || $PY tools/evaluate_synthesis.py --config examples/synthesize/mini.yaml \
+[ -f $W/eval_test_heldout_voice.json ] || $PY tools/evaluate_synthesis.py "${MODEL[@]}" \
   --speech-tokenizer "$SPEECH_TOKENIZER" --texts $W/tokens_test_heldout_voice.jsonl \
   --output $W/eval_test_heldout_voice.json "${SPEAK[@]}"
 # 6. synthesize interleaved data from the default corpus, then indexed binaries for pre-training
 #    (the pre-training vocabulary: the small default's text BPE with this tokenizer's codes)
 [ -f $W/lm_tokenizer/speech_text_tokenizer.json ] || $PY tools/build_tokenizer.py $W/lm_tokenizer \
   --train-on work/tiny/corpus.jsonl --text-vocab-size 2048 --codebook-of $W/tokens_train.jsonl
-SYNTH=(--config examples/synthesize/mini.yaml --set indexed_tokenizer=$W/lm_tokenizer "${SPEAK[@]}")
+SYNTH=("${MODEL[@]}" --set indexed_tokenizer=$W/lm_tokenizer --set output_dir=$W/synth_mini \
+  --set indexed_prefix=$W/interleaved_mini "${SPEAK[@]}")
 $PY tools/synthesize_interleaved.py "${SYNTH[@]}"
 $PY tools/synthesize_interleaved.py "${SYNTH[@]}" --finalize
