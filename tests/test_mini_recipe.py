@@ -27,7 +27,7 @@ def test_the_tiny_preset_runs_every_stage_and_resumes_after_a_kill(tmp_path):
     seen = []
     for line in first.stdout:  # killed while it trains the speech tokenizer
         seen.append(line)
-        if line.startswith("[mini 3/14] speech_tokenizer ("):
+        if line.startswith("[mini 3/15] speech_tokenizer ("):
             os.killpg(first.pid, signal.SIGKILL)
             break
     first.wait(timeout=60)
@@ -39,12 +39,12 @@ def test_the_tiny_preset_runs_every_stage_and_resumes_after_a_kill(tmp_path):
                             capture_output=True, text=True, timeout=1800)
     log = second.stdout + second.stderr
     assert second.returncode == 0, log[-5000:]
-    assert "[mini 1/14] world: done earlier, skipped" in log
-    assert "[mini 2/14] speech_corpus: done earlier, skipped" in log
-    assert "[mini 3/14] speech_tokenizer (" in log  # resumed in the stage it stopped in
+    assert "[mini 1/15] world: done earlier, skipped" in log
+    assert "[mini 2/15] speech_corpus: done earlier, skipped" in log
+    assert "[mini 3/15] speech_tokenizer (" in log  # resumed in the stage it stopped in
 
     # every stage's outputs, from the tools that made them
-    assert len(list((work / "stages").glob("*.json"))) == 14
+    assert len(list((work / "stages").glob("*.json"))) == 15
     for path in ("world/qa.jsonl", "world/qa_shots.jsonl", "speech_corpus/train.jsonl",
                  "speech_tokenizer/whisper_vq/whisper_vq.nemo", "speech_tokens/train.jsonl",
                  "text_to_token/eval_test.json", "text_lm/hf/config.json", "lm_tokenizer/speech_text_tokenizer.json",
@@ -58,6 +58,15 @@ def test_the_tiny_preset_runs_every_stage_and_resumes_after_a_kill(tmp_path):
     sources = {arm: [s["layout"] for s in _yaml(work / "configs" / f"pretrain_{arm}_seed0.yaml")["data"]["sources"]]
                for arm in ("A", "B")}
     assert "interleaved" not in sources["A"] and sources["B"][-1] == "interleaved"
+    # the speech warm-up (tiny preset: 2 steps) trains on arm A's mixture from the text LM, and the arms
+    # start from its weights
+    warmup = _yaml(work / "configs" / "speech_warmup.yaml")
+    assert [s["layout"] for s in warmup["data"]["sources"]] == sources["A"]
+    assert warmup["init"]["hf_checkpoint"] == str(work / "text_lm" / "hf")
+    assert (work / "speech_warmup" / "checkpoints" / "latest").exists()
+    for arm in ("A", "B"):
+        init = _yaml(work / "configs" / f"pretrain_{arm}_seed0.yaml")["init"]
+        assert init == {"megatron_checkpoint": str(work / "speech_warmup" / "checkpoints")}
 
     report = json.loads((work / "report.json").read_text())
     assert set(report["stages"]) == {p.stem for p in (work / "stages").glob("*.json")}
@@ -77,7 +86,7 @@ def test_the_tiny_preset_runs_every_stage_and_resumes_after_a_kill(tmp_path):
     # a finished run reruns nothing
     third = subprocess.run([sys.executable, str(RUN), "--preset", "tiny", "--work", str(work)], cwd=ROOT,
                            capture_output=True, text=True, timeout=300)
-    assert third.returncode == 0 and third.stdout.count("done earlier, skipped") == 14, third.stdout[-3000:]
+    assert third.returncode == 0 and third.stdout.count("done earlier, skipped") == 15, third.stdout[-3000:]
 
 
 def _yaml(path: Path) -> dict:

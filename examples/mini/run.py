@@ -9,7 +9,11 @@ The stages, each through the project's own tools in subprocesses, as a user woul
     world -> speech corpus -> speech tokenizer (from Whisper tiny.en) -> speech tokens ->
     text-to-token model -> text LM (the world's prose) -> synthesis (interleaved data from that
     prose) -> speech-text data -> spoken tasks (a voice no training utterance uses) ->
-    per arm and seed: speech-text pre-training from the text LM, evaluation -> report
+    [speech warm-up: the text LM on speech, ASR and TTS, shared by the arms] ->
+    per arm and seed: speech-text pre-training from the text LM (or the warm-up), evaluation -> report
+
+``--set lm.speech_warmup_steps=10000`` (any preset key, the value parsed as YAML) changes the preset;
+a work folder keeps the settings it was started with (``settings.json``) and refuses others.
 
 A finished stage leaves ``<work>/stages/<name>.json`` (its figures and time): a rerun skips it, and
 the tools resume inside the stage that was stopped (training from its last checkpoint, jobs from
@@ -45,11 +49,13 @@ class StageFailed(RuntimeError):
 class Recipe:
     """One preset in one work folder: paths, the tools' command lines, and the stages."""
 
-    def __init__(self, preset: str, work: Path, python: str) -> None:
+    def __init__(self, preset: str, work: Path, python: str, overrides: list[str] = ()) -> None:
         presets = yaml.safe_load((HERE / "presets.yaml").read_text())
         if preset not in presets:
             raise SystemExit(f"unknown preset {preset!r}; presets.yaml has {sorted(presets)}")
         self.name, self.p, self.work, self.python = preset, presets[preset], work, python
+        for override in overrides:
+            _set(self.p, override)
         unknown = [a for a in self.p["arms"] if a not in ARMS]
         if unknown:
             raise SystemExit(f"presets.yaml: {preset}: unknown arms {unknown}; known: {sorted(ARMS)}")
@@ -108,6 +114,8 @@ class Recipe:
                   ("text_to_token", self.text_to_token), ("text_lm", self.text_lm), ("synthesis", self.synthesis),
                   ("speech_text_data", self.speech_text_data), ("spoken_tasks", self.spoken_tasks),
                   ("evaluate_text_lm", self.evaluate_text_lm)]
+        if self.warmup_steps:
+            stages.append(("speech_warmup", self.speech_warmup))
         for seed in self.p["seeds"]:
             for arm in self.p["arms"]:
                 stages.append((f"pretrain_{arm}_seed{seed}", lambda a=arm, s=seed: self.speech_text_pretrain(a, s)))
@@ -274,11 +282,33 @@ class Recipe:
             sources.append({"prefix": str(self.w("data", "interleaved")), "weight": share, "layout": "interleaved"})
         return sources
 
+    @property
+    def warmup_steps(self) -> int:
+        return int(self.p["lm"].get("speech_warmup_steps", 0))
+
+    def speech_warmup(self) -> dict:
+        """The text LM trained on arm A's mixture (text, speech, ASR, TTS: no interleaved data) once,
+        for the arms to start from. Why: at this scale no arm learns to map speech to words in its own
+        steps (examples/mini/README.md), so the arms could only differ in how they read noise; after a
+        shared warm-up they still differ in the interleaved data alone."""
+        section = self.p["lm"]
+        config = self.training_config("speech_warmup", self.w("lm_tokenizer"), self.arm_sources("A"), self.warmup_steps,
+                                      section, section["seq_length"],
+                                      init={"hf_checkpoint": str(self.w("text_lm", "hf")), "seed": 0})
+        self.pretrain(config, "speech_warmup")
+        return report.training_figures(self.w("speech_warmup", "metrics.jsonl"))
+
+    def arm_init(self, seed: int) -> dict:
+        """Where an arm starts: the speech warm-up's weights if the preset has one, else the text LM
+        (its vocabulary expanded by the speech codes, new rows drawn with ``seed``)."""
+        if self.warmup_steps:
+            return {"megatron_checkpoint": str(self.w("speech_warmup", "checkpoints"))}
+        return {"hf_checkpoint": str(self.w("text_lm", "hf")), "seed": seed}
+
     def speech_text_pretrain(self, arm: str, seed: int) -> dict:
         section, name = self.p["lm"], f"arms/{arm}_seed{seed}"
         config = self.training_config(name, self.w("lm_tokenizer"), self.arm_sources(arm), section["speech_text_steps"],
-                                      section, section["seq_length"], seed,
-                                      init={"hf_checkpoint": str(self.w("text_lm", "hf")), "seed": seed})
+                                      section, section["seq_length"], seed, init=self.arm_init(seed))
         self.pretrain(config, f"pretrain_{arm}_seed{seed}")
         steps, batch = section["speech_text_steps"], section["schedule"]["global_batch_size"]
         interleaved = self.p["interleaved_share"] * ARMS[arm] * steps * batch * section["seq_length"]
@@ -323,16 +353,57 @@ def main() -> None:
     parser.add_argument("--preset", default="quick", help="quick (default), full or tiny: examples/mini/presets.yaml")
     parser.add_argument("--work", help="work folder (default: work/mini/<preset>)")
     parser.add_argument("--python", default=sys.executable, help="the interpreter that runs the tools")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a preset value, e.g. lm.speech_warmup_steps=10000 (value parsed as YAML)")
     args = parser.parse_args()
     work = Path(args.work or ROOT / "work" / "mini" / args.preset).resolve()
-    recipe = Recipe(args.preset, work, args.python)
+    recipe = Recipe(args.preset, work, args.python, args.set)
     try:
         with jobs.exclusive_lock(work / "run.lock", f"{work} is in use"):
+            check_settings(recipe)
             records = run(recipe)
             summary = report.write(recipe, records)
     except jobs.JobError as exc:
         raise SystemExit(f"error: {exc}") from None
     print(summary)
+
+
+def check_settings(recipe: Recipe) -> None:
+    """A work folder's stages belong to one preset's settings: the first run records them
+    (``settings.json``), a later run with others is refused, naming the keys that differ, rather than
+    mixing stages made under both."""
+    path, settings = recipe.w("settings.json"), {"preset": recipe.name, **recipe.p}
+    if not path.exists():
+        atomic.write_json(path, settings)
+        return
+    before = json.loads(path.read_text())
+    changed = sorted(_differences(before, settings))
+    if changed:
+        raise SystemExit(f"error: {recipe.work} was started with other settings ({path}); differing: "
+                         f"{', '.join(changed)}. Use another --work, or the same preset and --set values.")
+
+
+def _differences(a, b, prefix: str = "") -> list[str]:
+    """Dotted keys where two nested settings differ (compared as JSON would store them)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if json.loads(json.dumps(a)) == json.loads(json.dumps(b)) else [prefix.rstrip(".")]
+
+
+def _set(preset: dict, override: str) -> None:
+    """``a.b=value`` into a preset (value parsed as YAML); an unknown top-level key is refused."""
+    key, sep, value = override.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--set {override!r}: expected KEY=VALUE")
+    *parents, leaf = key.split(".")
+    if parents[:1] and parents[0] not in preset or not parents and leaf not in preset:
+        raise SystemExit(f"--set {override!r}: the preset has no key {key.split('.')[0]!r}")
+    node = preset
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SystemExit(f"--set {override!r}: {part!r} is not a section")
+    node[leaf] = yaml.safe_load(value)
 
 
 def _flags(values: dict) -> list[str]:

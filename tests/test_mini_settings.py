@@ -1,0 +1,53 @@
+"""The paper in miniature's preset overrides (``--set``) and the work folder's settings record: a folder
+started with one preset's settings refuses a run with others, so no report mixes stages of both."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+RUN = Path(__file__).resolve().parents[1] / "examples" / "mini" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def mini():
+    spec = importlib.util.spec_from_file_location("mini_run", RUN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_set_overrides_a_nested_preset_value_parsed_as_yaml(mini, tmp_path):
+    recipe = mini.Recipe("tiny", tmp_path, "python", ["lm.speech_warmup_steps=7", "seeds=[0, 1]"])
+    assert recipe.p["lm"]["speech_warmup_steps"] == 7 and recipe.warmup_steps == 7
+    assert recipe.p["seeds"] == [0, 1]
+    names = [name for name, _ in recipe.stages()]
+    assert names.index("speech_warmup") < names.index("pretrain_A_seed0")
+    assert recipe.arm_init(1) == {"megatron_checkpoint": str(tmp_path / "speech_warmup" / "checkpoints")}
+
+
+def test_without_a_warmup_the_arms_start_from_the_text_lm(mini, tmp_path):
+    recipe = mini.Recipe("tiny", tmp_path, "python", ["lm.speech_warmup_steps=0"])
+    assert "speech_warmup" not in [name for name, _ in recipe.stages()]
+    assert recipe.arm_init(2) == {"hf_checkpoint": str(tmp_path / "text_lm" / "hf"), "seed": 2}
+
+
+@pytest.mark.parametrize("bad", ["nosuchkey=1", "lm", "=3", "nosuch.section=1", "seeds.x=1"])
+def test_a_bad_override_is_refused_by_name(mini, tmp_path, bad):
+    with pytest.raises(SystemExit, match="--set"):
+        mini.Recipe("tiny", tmp_path, "python", [bad])
+
+
+def test_a_work_folder_refuses_other_settings_and_names_them(mini, tmp_path):
+    mini.check_settings(mini.Recipe("tiny", tmp_path, "python"))
+    recorded = json.loads((tmp_path / "settings.json").read_text())
+    assert recorded["preset"] == "tiny" and recorded["lm"]["speech_warmup_steps"] == 2
+    mini.check_settings(mini.Recipe("tiny", tmp_path, "python"))  # the same settings: accepted
+    mini.check_settings(mini.Recipe("tiny", tmp_path, "python", ["lm.speech_warmup_steps=2"]))  # unchanged value
+    with pytest.raises(SystemExit, match=r"differing: lm\.speech_warmup_steps, lm\.text_lm_steps"):
+        mini.check_settings(mini.Recipe("tiny", tmp_path, "python",
+                                        ["lm.speech_warmup_steps=5", "lm.text_lm_steps=9"]))
+    with pytest.raises(SystemExit, match="differing: .*preset"):
+        mini.check_settings(mini.Recipe("quick", tmp_path, "python"))
+    assert json.loads((tmp_path / "settings.json").read_text()) == recorded  # the record is kept
