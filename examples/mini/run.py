@@ -28,6 +28,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
@@ -49,7 +50,7 @@ class StageFailed(RuntimeError):
 class Recipe:
     """One preset in one work folder: paths, the tools' command lines, and the stages."""
 
-    def __init__(self, preset: str, work: Path, python: str, overrides: list[str] = ()) -> None:
+    def __init__(self, preset: str, work: Path, python: str, overrides: Iterable[str] = ()) -> None:
         presets = yaml.safe_load((HERE / "presets.yaml").read_text())
         if preset not in presets:
             raise SystemExit(f"unknown preset {preset!r}; presets.yaml has {sorted(presets)}")
@@ -396,7 +397,7 @@ def _set(preset: dict, override: str) -> None:
     if not sep or not key:
         raise SystemExit(f"--set {override!r}: expected KEY=VALUE")
     *parents, leaf = key.split(".")
-    if parents[:1] and parents[0] not in preset or not parents and leaf not in preset:
+    if (parents and parents[0] not in preset) or (not parents and leaf not in preset):
         raise SystemExit(f"--set {override!r}: the preset has no key {key.split('.')[0]!r}")
     node = preset
     for part in parents:

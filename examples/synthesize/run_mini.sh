@@ -15,7 +15,7 @@ W=${W:-work/t2t}
 # VOICE=espeak:en-gb: TTS pairs name their voice, the WER check speaks each test sentence in its
 # recording's voice, synthesis speaks in VOICE (README: measured, no better; off by default)
 VOICE=${VOICE:-}
-# TRAIN: more --set overrides for the text-to-token training, e.g. (--set checkpoint.save_interval=500)
+# TRAIN_SET: more overrides for the text-to-token training, e.g. TRAIN_SET="--set checkpoint.save_interval=500"
 PAIRS=(); CHECK=(); SPEAK=(); TRAIN=(${TRAIN_SET:-})
 if [ -n "$VOICE" ]; then
   PAIRS=(--voice-field speaker); CHECK=(--voices-from-records); SPEAK=(--set "generation.voice=$VOICE")
