@@ -222,11 +222,13 @@ def children_die_with_this_process() -> None:
 class Job:
     """A job's folder: its fingerprint, its locks, and its chunks' parts and completion markers."""
 
-    def __init__(self, folder: str | Path, kind: str, job_fingerprint: str, description: dict | None = None) -> None:
+    def __init__(self, folder: str | Path, kind: str, job_fingerprint: str, description: dict | None = None,
+                 remedy: str = "use another output location, or --overwrite to replace it") -> None:
         self.folder = Path(folder)
         self.kind = kind  # "preprocessing", "synthesis", ...: named in messages
         self.fingerprint = job_fingerprint
         self.description = description or {}
+        self.remedy = remedy  # what the refusal tells the user to do: the options of the calling tool
 
     # ---- claiming --------------------------------------------------------------------------
 
@@ -238,8 +240,7 @@ class Job:
             if not overwrite:
                 raise JobError(
                     f"{self.folder} holds the output of another {self.kind} job (fingerprint {found}, this "
-                    f"job {self.fingerprint}: inputs, settings or model differ); use another output "
-                    f"location, or --overwrite to replace it")
+                    f"job {self.fingerprint}: inputs, settings or model differ); {self.remedy}")
             self._empty()
         self.folder.mkdir(parents=True, exist_ok=True)
         if found != self.fingerprint or overwrite:

@@ -33,21 +33,21 @@ def test_without_a_warmup_the_arms_start_from_the_text_lm(mini, tmp_path):
     assert recipe.arm_init(2) == {"hf_checkpoint": str(tmp_path / "text_lm" / "hf"), "seed": 2}
 
 
-@pytest.mark.parametrize("bad", ["nosuchkey=1", "lm", "=3", "nosuch.section=1", "seeds.x=1"])
+@pytest.mark.parametrize("bad", ["nosuchkey=1", "lm", "=3", "nosuch.section=1", "seeds.x=1", "lm.speech_warmup_step=5"])
 def test_a_bad_override_is_refused_by_name(mini, tmp_path, bad):
     with pytest.raises(SystemExit, match="--set"):
         mini.Recipe("tiny", tmp_path, "python", [bad])
 
 
 def test_a_work_folder_refuses_other_settings_and_names_them(mini, tmp_path):
-    mini.check_settings(mini.Recipe("tiny", tmp_path, "python"))
-    recorded = json.loads((tmp_path / "settings.json").read_text())
+    mini.claim_work_folder(mini.Recipe("tiny", tmp_path, "python"))
+    recorded = json.loads((tmp_path / "job.json").read_text())["settings"]
     assert recorded["preset"] == "tiny" and recorded["lm"]["speech_warmup_steps"] == 2
-    mini.check_settings(mini.Recipe("tiny", tmp_path, "python"))  # the same settings: accepted
-    mini.check_settings(mini.Recipe("tiny", tmp_path, "python", ["lm.speech_warmup_steps=2"]))  # unchanged value
-    with pytest.raises(SystemExit, match=r"differing: lm\.speech_warmup_steps, lm\.text_lm_steps"):
-        mini.check_settings(mini.Recipe("tiny", tmp_path, "python",
-                                        ["lm.speech_warmup_steps=5", "lm.text_lm_steps=9"]))
-    with pytest.raises(SystemExit, match="differing: .*preset"):
-        mini.check_settings(mini.Recipe("quick", tmp_path, "python"))
-    assert json.loads((tmp_path / "settings.json").read_text()) == recorded  # the record is kept
+    mini.claim_work_folder(mini.Recipe("tiny", tmp_path, "python"))  # the same settings: accepted
+    mini.claim_work_folder(mini.Recipe("tiny", tmp_path, "python", ["lm.speech_warmup_steps=2"]))  # unchanged value
+    with pytest.raises(SystemExit, match=r"[Dd]iffering: lm\.speech_warmup_steps, lm\.text_lm_steps"):
+        mini.claim_work_folder(mini.Recipe("tiny", tmp_path, "python",
+                                           ["lm.speech_warmup_steps=5", "lm.text_lm_steps=9"]))
+    with pytest.raises(SystemExit, match="another --work.*[Dd]iffering: .*preset"):
+        mini.claim_work_folder(mini.Recipe("quick", tmp_path, "python"))
+    assert json.loads((tmp_path / "job.json").read_text())["settings"] == recorded  # the record is kept

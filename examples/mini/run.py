@@ -13,7 +13,8 @@ The stages, each through the project's own tools in subprocesses, as a user woul
     per arm and seed: speech-text pre-training from the text LM (or the warm-up), evaluation -> report
 
 ``--set lm.speech_warmup_steps=10000`` (any preset key, the value parsed as YAML) changes the preset;
-a work folder keeps the settings it was started with (``settings.json``) and refuses others.
+a work folder is claimed for the settings it was started with (``job.json``, ``megatron_speech.jobs``)
+and refuses others.
 
 A finished stage leaves ``<work>/stages/<name>.json`` (its figures and time): a rerun skips it, and
 the tools resume inside the stage that was stopped (training from its last checkpoint, jobs from
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import yaml
 
-from megatron_speech import atomic, jobs
+from megatron_speech import atomic, config_loader, jobs
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -55,8 +56,14 @@ class Recipe:
         if preset not in presets:
             raise SystemExit(f"unknown preset {preset!r}; presets.yaml has {sorted(presets)}")
         self.name, self.p, self.work, self.python = preset, presets[preset], work, python
-        for override in overrides:
-            _set(self.p, override)
+        try:
+            changes = config_loader.parse_overrides(list(overrides))
+        except config_loader.ConfigError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        unknown = [key for key in changes if not _has_key(self.p, key)]
+        if unknown:  # a misspelt key would otherwise add a setting nothing reads
+            raise SystemExit(f"--set: presets.yaml: {preset} has no key {', '.join(unknown)}")
+        config_loader.apply_overrides(self.p, changes)
         unknown = [a for a in self.p["arms"] if a not in ARMS]
         if unknown:
             raise SystemExit(f"presets.yaml: {preset}: unknown arms {unknown}; known: {sorted(ARMS)}")
@@ -354,14 +361,13 @@ def main() -> None:
     parser.add_argument("--preset", default="quick", help="quick (default), full or tiny: examples/mini/presets.yaml")
     parser.add_argument("--work", help="work folder (default: work/mini/<preset>)")
     parser.add_argument("--python", default=sys.executable, help="the interpreter that runs the tools")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a preset value, e.g. lm.speech_warmup_steps=10000 (value parsed as YAML)")
+    config_loader.add_overrides_argument(parser)  # a preset value, e.g. lm.speech_warmup_steps=10000
     args = parser.parse_args()
     work = Path(args.work or ROOT / "work" / "mini" / args.preset).resolve()
     recipe = Recipe(args.preset, work, args.python, args.set)
     try:
         with jobs.exclusive_lock(work / "run.lock", f"{work} is in use"):
-            check_settings(recipe)
+            claim_work_folder(recipe)
             records = run(recipe)
             summary = report.write(recipe, records)
     except jobs.JobError as exc:
@@ -369,19 +375,18 @@ def main() -> None:
     print(summary)
 
 
-def check_settings(recipe: Recipe) -> None:
-    """A work folder's stages belong to one preset's settings: the first run records them
-    (``settings.json``), a later run with others is refused, naming the keys that differ, rather than
-    mixing stages made under both."""
-    path, settings = recipe.w("settings.json"), {"preset": recipe.name, **recipe.p}
-    if not path.exists():
-        atomic.write_json(path, settings)
-        return
-    before = json.loads(path.read_text())
-    changed = sorted(_differences(before, settings))
-    if changed:
-        raise SystemExit(f"error: {recipe.work} was started with other settings ({path}); differing: "
-                         f"{', '.join(changed)}. Use another --work, or the same preset and --set values.")
+def claim_work_folder(recipe: Recipe) -> None:
+    """A work folder's stages belong to one preset's settings: the folder is claimed as a job whose
+    fingerprint is those settings, and a run with others is refused (the differing keys named) rather
+    than mixing stages made under both in one report."""
+    settings = {"preset": recipe.name, **recipe.p}
+    job = jobs.Job(recipe.work, "mini recipe", jobs.fingerprint(settings), {"settings": settings},
+                   remedy="use another --work, or the same preset and --set values")
+    try:
+        job.claim()
+    except jobs.JobError as exc:
+        before = json.loads((recipe.work / jobs.JOB_FILE).read_text()).get("settings", {})
+        raise SystemExit(f"error: {exc}. Differing: {', '.join(_differences(before, settings))}") from None
 
 
 def _differences(a, b, prefix: str = "") -> list[str]:
@@ -391,20 +396,12 @@ def _differences(a, b, prefix: str = "") -> list[str]:
     return [] if json.loads(json.dumps(a)) == json.loads(json.dumps(b)) else [prefix.rstrip(".")]
 
 
-def _set(preset: dict, override: str) -> None:
-    """``a.b=value`` into a preset (value parsed as YAML); an unknown top-level key is refused."""
-    key, sep, value = override.partition("=")
-    if not sep or not key:
-        raise SystemExit(f"--set {override!r}: expected KEY=VALUE")
-    *parents, leaf = key.split(".")
-    if (parents and parents[0] not in preset) or (not parents and leaf not in preset):
-        raise SystemExit(f"--set {override!r}: the preset has no key {key.split('.')[0]!r}")
-    node = preset
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise SystemExit(f"--set {override!r}: {part!r} is not a section")
-    node[leaf] = yaml.safe_load(value)
+def _has_key(values: dict, dotted: str) -> bool:
+    for key in dotted.split("."):
+        if not isinstance(values, dict) or key not in values:
+            return False
+        values = values[key]
+    return True
 
 
 def _flags(values: dict) -> list[str]:
