@@ -11,6 +11,9 @@ per voice; the tokens -> audio -> tokens round trip; real-time factors; streamin
 Each --manifest is judged on its first --limit utterances of each voice in --voices (all voices if not given). A
 voice the decoder's speaker table lacks (the held-out voice) is decoded as --fallback-speaker.
 The audio goes to <output stem>_audio/ beside <output>, with each utterance's transcripts (rows.jsonl).
+The judges' transcripts are kept in --judge-cache (judge_cache.jsonl beside <output>), keyed by the
+audio's bytes: a later evaluation on the same utterances hears only the audio that changed (the
+decoded versions), not the originals and copy-synthesis again.
 """
 
 import argparse
@@ -19,7 +22,7 @@ from pathlib import Path
 
 from megatron_speech import atomic
 from megatron_speech.evaluation import decoded_speech
-from megatron_speech.evaluation.judges import JUDGES
+from megatron_speech.evaluation.judges import JUDGES, CachedJudge
 
 
 def main() -> None:
@@ -34,6 +37,8 @@ def main() -> None:
     parser.add_argument("--vocoder", default="griffin_lim", help="griffin_lim, or a HiFi-GAN .nemo file")
     parser.add_argument("--griffin-lim-iterations", type=int, default=32)
     parser.add_argument("--output", required=True)
+    parser.add_argument("--judge-cache", help="the judges' transcripts by audio (default: judge_cache.jsonl beside --output)")
+    parser.add_argument("--no-judge-cache", action="store_true", help="hear every file again, keep nothing")
     args = parser.parse_args()
 
     from megatron_speech.speech_decoder.decode import load_decoder
@@ -42,8 +47,11 @@ def main() -> None:
 
     decoder, tokenizer = load_decoder(args.decoder), load_speech_tokenizer(args.speech_tokenizer)
     vocoder = load_vocoder(args.vocoder, decoder.mel_settings, args.griffin_lim_iterations)
-    judges = {name: JUDGES[name]() for name in args.judges}
     output = Path(args.output)
+    judges = {name: JUDGES[name]() for name in args.judges}
+    if not args.no_judge_cache:
+        cache = Path(args.judge_cache or output.parent / "judge_cache.jsonl")
+        judges = {name: CachedJudge(judge, cache) for name, judge in judges.items()}
     report = {"decoder": args.decoder, "speech_tokenizer": args.speech_tokenizer, "head": decoder.net_settings.head,
               "vocoder": args.vocoder, "griffin_lim_iterations": args.griffin_lim_iterations, "manifests": []}
     for manifest in map(Path, args.manifest):

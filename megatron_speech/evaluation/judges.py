@@ -7,10 +7,14 @@
   not espeak-ng's. Never train on its output: it is only the judge.
 
 Both return transcripts normalised as every WER figure here is (``speech.text.normalize_text``).
+``CachedJudge`` remembers a judge's transcripts by the audio file's content, so audio that does not
+change between evaluations (the originals; copy-synthesis, Griffin-Lim being seeded) is heard once.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +46,7 @@ class WhisperJudge:
         self.model = ctranslate2.models.Whisper(model_folder, device="cpu", compute_type="float32")
         self.tokenizer = Tokenizer.from_file(str(Path(model_folder) / "tokenizer.json"))
         self.extractor = WhisperFeatureExtractor(feature_size=self.model.n_mels)
+        self.identity = f"{self.name} {Path(model_folder).resolve()}"  # another model folder hears otherwise
         self.prompt = [self.tokenizer.token_to_id("<|startoftranscript|>"), self.tokenizer.token_to_id("<|notimestamps|>")]
         self.batch_size = batch_size
 
@@ -65,7 +70,10 @@ class PocketsphinxJudge:
     def __init__(self) -> None:
         from pocketsphinx import Decoder
 
+        from importlib.metadata import version
+
         self.decoder = Decoder(samprate=SAMPLE_RATE, logfn="/dev/null")
+        self.identity = f"{self.name} {version('pocketsphinx')}"  # its packaged model comes with the version
 
     def transcribe(self, paths: list[Path]) -> list[str]:
         from tqdm import tqdm
@@ -78,6 +86,55 @@ class PocketsphinxJudge:
             hyp = self.decoder.hyp()
             texts.append(normalize_text(hyp.hypstr if hyp is not None else ""))
         return texts
+
+
+class CachedJudge:
+    """A judge that transcribes only audio it has not heard: its transcripts are kept in a JSONL file
+    (one ``{"judge", "audio_sha256", "text"}`` a line), keyed by the judge's identity (name and model)
+    and the audio file's bytes, so changed audio, or another judge, is never answered from the cache.
+    The file is rewritten through a rename after each call, merged with what another process may have
+    added meanwhile: a race can only cost a transcript heard twice, never a wrong or torn one."""
+
+    def __init__(self, judge, path: str | Path) -> None:
+        self.judge, self.path, self.name = judge, Path(path), judge.name
+        self.texts = self._read()
+
+    def _read(self) -> dict[tuple[str, str], str]:
+        texts = {}
+        if not self.path.exists():
+            return texts
+        with open(self.path) as f:
+            for number, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    entry = json.loads(raw)
+                    texts[entry["judge"], entry["audio_sha256"]] = entry["text"]
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise ValueError(f"{self.path}:{number}: not a judge-cache record ({e}); delete the file "
+                                     f"to hear all audio again") from None
+        return texts
+
+    def transcribe(self, paths: list[Path]) -> list[str]:
+        identity = self.judge.identity
+        keys = [(identity, hashlib.sha256(Path(p).read_bytes()).hexdigest()) for p in paths]
+        missing: dict[tuple[str, str], Path] = {}  # the same audio twice is heard once
+        for key, path in zip(keys, paths):
+            if key not in self.texts:
+                missing.setdefault(key, path)
+        if missing:
+            for key, text in zip(missing, self.judge.transcribe(list(missing.values()))):
+                self.texts[key] = text
+            self._save()
+        return [self.texts[key] for key in keys]
+
+    def _save(self) -> None:
+        from megatron_speech import atomic
+
+        merged = {**self._read(), **self.texts}
+        atomic.write_text(self.path, "".join(json.dumps({"judge": j, "audio_sha256": h, "text": t}) + "\n"
+                                             for (j, h), t in sorted(merged.items())))
+        self.texts = merged
 
 
 JUDGES = {"whisper": WhisperJudge, "pocketsphinx": PocketsphinxJudge}
