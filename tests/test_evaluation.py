@@ -291,6 +291,84 @@ def test_a_qa_task_runs_with_few_shot_prompts_and_spoken_answers(speech_tokenize
         evaluator.run_task(task)
 
 
+
+class CodesHeard:
+    """A stand-in ASR judge: hears a wav as the number of 12.5 Hz codes its length holds."""
+
+    name, identity, heard = "codes-heard", "codes-heard 1", []
+
+    def transcribe(self, paths):
+        CodesHeard.heard += [Path(p).name for p in paths]
+        return [f"{round(wave.open(str(p)).getnframes() / 1280)} codes" for p in paths]
+
+
+def _tiny_decoder(path: Path, codebook_size: int) -> Path:
+    """A random token-to-mel model of the mini recipe's shape, small (decoding needs no training)."""
+    from omegaconf import OmegaConf
+
+    from megatron_speech.speech_decoder.model import SpeechDecoderModel
+
+    cfg = OmegaConf.load(REPO / "examples" / "speech_decoder" / "conf" / "mini.yaml").model
+    cfg.net = OmegaConf.merge(cfg.net, {"d_model": 32, "num_layers": 1, "num_heads": 2, "ffn_dim": 64,
+                                        "codebook_size": codebook_size})
+    cfg.update({"speakers": ["flite:slt", "flite:awb"], "token_rate": 12.5, "train_ds": None, "validation_ds": None})
+    SpeechDecoderModel(cfg).save_to(str(path))
+    return path
+
+
+def test_spoken_answers_are_decoded_heard_by_a_judge_and_scored_beside_the_tokenizers_reading(
+        speech_tokenizer, tmp_path, monkeypatch):
+    from megatron_speech.evaluation.heard import HeardAnswersConfig
+    from megatron_speech.evaluation.judges import JUDGES
+    from megatron_speech.evaluation.model import ModelSource
+    from megatron_speech.evaluation.run import EvalConfig, Evaluator, TaskConfig, table
+
+    monkeypatch.setitem(JUDGES, "codes-heard", CodesHeard)
+    tok = speech_tokenizer
+    (tmp_path / "qa.jsonl").write_text(json.dumps({"id": "q", "question": "capital of france",
+                                                   "answers": ["2 codes"], "question_speech_tokens": [7, 8]}) + "\n")
+    task = TaskConfig("qa", str(tmp_path / "qa.jsonl"), ["s2s"], template="Q: {question}\nA:")
+    decoder = _tiny_decoder(tmp_path / "decoder.nemo", tok.codebook_size)
+    heard = HeardAnswersConfig(str(decoder), judge="codes-heard", voice="flite:awb")
+    config = EvalConfig(ModelSource(hf="unused"), [task], heard_answers=heard, output=str(tmp_path / "report.json"))
+    _, items = read_task(tmp_path / "qa.jsonl")
+    model = ScriptedModel(tok.vocab_size, 0, [])
+    evaluator = Evaluator(config, model, tok, 512, SpokenAnswers())
+    model.prompt_length = len(qa_prompt(items[0], "s2s", tok, task.template))
+    model.script = [tok.audio_offset + 3, tok.audio_offset + 4, tok.eoa]
+    CodesHeard.heard = []
+    results, summary = evaluator.qa(task, items, "s2s", [])
+    assert results[0]["prediction"] == "2 codes" and results[0]["heard_prediction"] == "2 codes"
+    assert summary["heard_exact_match"] == 1.0 and summary["heard_contains"] == 1.0
+    (folder,) = (tmp_path / "report.json.answers").glob("qa-s2s-*")
+    manifest = [json.loads(line) for line in (folder / "decoded" / "manifest.jsonl").read_text().splitlines()]
+    assert [(m["id"], m["speaker"]) for m in manifest] == [("answer0", "flite:awb")] and CodesHeard.heard == ["answer0.wav"]
+    wav = folder / "decoded" / manifest[0]["audio_filepath"]
+    assert wave.open(str(wav)).getnframes() == 2 * 1280  # 2 codes, 5 frames each, hop 256
+    # the same answers again: no decoding and no judging; the table shows both readings
+    written = wav.stat().st_mtime_ns
+    Evaluator(config, model, tok, 512, SpokenAnswers()).qa(task, items, "s2s", [])
+    assert wav.stat().st_mtime_ns == written and CodesHeard.heard == ["answer0.wav"]
+    report = {"tasks": {"qa": {"kind": "qa", "modalities": {"s2s": {**summary, "items_per_s": 1.0}}}}}
+    assert "heard: EM 1.000" in table(report)
+    # other answers get their own folder; no answer at all is heard as nothing, without audio
+    model.script = [tok.audio_offset + 3, tok.eoa]
+    assert evaluator.qa(task, items, "s2s", [])[0][0]["heard_prediction"] == "1 codes"
+    model.script = [tok.eoa]
+    result = evaluator.qa(task, items, "s2s", [])[0][0]
+    assert result["heard_prediction"] == "" and not result["heard_exact_match"]
+    assert len(list((tmp_path / "report.json.answers").glob("qa-s2s-*"))) == 2
+    # a voice the decoder lacks, or a judge nobody has, is refused by name
+    model.script = [tok.audio_offset + 5, tok.eoa]
+    bad = EvalConfig(ModelSource(hf="unused"), [task], output=str(tmp_path / "bad.json"),
+                     heard_answers=HeardAnswersConfig(str(decoder), judge="codes-heard", voice="flite:rms"))
+    with pytest.raises(ValueError, match=r"'flite:rms' is not a voice of .*decoder.nemo"):
+        Evaluator(bad, model, tok, 512, SpokenAnswers()).qa(task, items, "s2s", [])
+    with pytest.raises(ValueError, match="heard_answers.judge must be one of"):
+        HeardAnswersConfig(str(decoder), judge="nobody")
+    with pytest.raises(ValueError, match="heard_answers needs audio_dir"):
+        EvalConfig(ModelSource(hf="unused"), [task], heard_answers=heard)
+
 # ---- task files ---------------------------------------------------------------------------------
 
 

@@ -76,13 +76,22 @@ class AnswerGenerator:
         return self.tokenizer.text_tokenizer.decode(ids, skip_special_tokens=False).split("\n")[0].strip()
 
 
-def item_result(item: QAItem, prediction: str, extra: dict | None = None) -> dict:
-    return {"id": item.id, "prediction": prediction, "answers": list(item.answers),
-            "exact_match": exact_match(prediction, item.answers),
-            "contains": contains_answer(prediction, item.answers), **(extra or {})}
+def item_result(item: QAItem, prediction: str, extra: dict | None = None, heard: str | None = None) -> dict:
+    """An answer scored; ``heard``: a spoken answer as a judge heard it once decoded (``evaluation.heard``)."""
+    result = {"id": item.id, "prediction": prediction, "answers": list(item.answers),
+              "exact_match": exact_match(prediction, item.answers),
+              "contains": contains_answer(prediction, item.answers), **(extra or {})}
+    if heard is not None:
+        result.update(heard_prediction=heard, heard_exact_match=exact_match(heard, item.answers),
+                      heard_contains=contains_answer(heard, item.answers))
+    return result
 
 
 def summarize(results: list[dict]) -> dict:
     n = len(results)
-    return {"items": n, "exact_match": sum(r["exact_match"] for r in results) / n,
-            "contains": sum(r["contains"] for r in results) / n}
+    summary = {"items": n, "exact_match": sum(r["exact_match"] for r in results) / n,
+               "contains": sum(r["contains"] for r in results) / n}
+    if results and "heard_prediction" in results[0]:
+        summary.update(heard_exact_match=sum(r["heard_exact_match"] for r in results) / n,
+                       heard_contains=sum(r["heard_contains"] for r in results) / n)
+    return summary

@@ -2,6 +2,7 @@
 
     model: {checkpoint: ckpt/, tokenizer: tokenizer/}      # or {hf: exported/}
     speech_tokenizer: work/.../whisper_vq_mini.nemo        # transcribes spoken answers (S→S QA)
+    heard_answers: {speech_decoder: DECODER.nemo, judge: whisper}   # optional: S→S answers also decoded and heard
     batch_size: 8
     tasks:
       - {name: cloze, file: cloze_spoken.jsonl, modalities: [s2s, s2t, t2t]}
@@ -14,12 +15,14 @@ are an error before anything runs, not a silently smaller test.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
 from megatron_speech.data.speech_tokens import check_same_tokenizer, read_info
 from megatron_speech.evaluation import likelihood, qa
+from megatron_speech.evaluation.heard import AnswerListener, HeardAnswersConfig
 from megatron_speech.evaluation.model import ModelSource, load_lm
 from megatron_speech.evaluation.prompts import (MODALITIES, check_modality, likelihood_requests, missing_speech,
                                                 qa_prompt, speech_out)
@@ -57,6 +60,14 @@ class EvalConfig:
     speech_tokenizer: str | None = None  # a speech tokenizer .nemo: transcribes spoken answers
     batch_size: int = 8
     output: str | None = None  # the JSON report
+    heard_answers: HeardAnswersConfig | None = None  # S→S answers also decoded to audio and heard by a judge
+
+    def __post_init__(self) -> None:
+        if self.heard_answers and not (self.heard_answers.audio_dir or self.output):
+            raise ValueError("heard_answers needs audio_dir, or output to put <output>.answers/ beside")
+
+    def answers_audio_dir(self) -> Path:
+        return Path(self.heard_answers.audio_dir or f"{self.output}.answers")
 
 
 class Evaluator:
@@ -71,6 +82,7 @@ class Evaluator:
         self._speech_model = speech_model
         self._speech_info: dict | None = None  # the speech tokenizer's record (its .nemo hashed once)
         self._answers: qa.AnswerGenerator | None = None
+        self.listener = AnswerListener(config.heard_answers, config.answers_audio_dir()) if config.heard_answers else None
 
     def speech_model(self):
         if self._speech_model is None:
@@ -144,14 +156,28 @@ class Evaluator:
         limit = task.max_speech_tokens if speech_out(modality) else task.max_text_tokens
         with _progress(len(prompts), f"{task.name} {ARROWS[modality]}", "questions") as bar:
             answers = generator.generate(prompts, speech_out(modality), self.config.batch_size, limit, bar)
+        heard: list[str | None] = [None] * len(answers)
         if speech_out(modality):
             predictions = self.transcribe(answers)
             extra = [{"speech_tokens": len(codes)} for codes in answers]
+            if self.listener:
+                heard = self.hear(answers, f"{task.name}-{modality}")
         else:
             predictions = [generator.text_of(ids) for ids in answers]
             extra = [{}] * len(answers)
-        results = [qa.item_result(item, p, e) for item, p, e in zip(items, predictions, extra)]
+        results = [qa.item_result(item, p, e, h) for item, p, e, h in zip(items, predictions, extra, heard)]
         return results, qa.summarize(results)
+
+    def hear(self, answers: list[list[int]], name: str) -> list[str]:
+        """Spoken answers decoded and heard (``evaluation.heard``): by the first rank, which shares the
+        transcripts, so that ranks never write the same audio and every rank reports the same scores."""
+        import torch.distributed as dist
+
+        if not (dist.is_initialized() and dist.get_world_size() > 1):
+            return self.listener.hear(answers, name)
+        shared = [self.listener.hear(answers, name) if dist.get_rank() == 0 else None]
+        dist.broadcast_object_list(shared, src=0)
+        return shared[0]
 
     def transcribe(self, answers: list[list[int]], batch_size: int = 32) -> list[str]:
         """Spoken answers as text, by the speech tokenizer's tokens → text path ("" for no speech)."""
@@ -187,6 +213,8 @@ def table(report: dict) -> str:
                 metric = f"acc {r['acc']:.3f}  per-token {r['acc_per_token']:.3f}"
             else:
                 metric = f"EM {r['exact_match']:.3f}  contains {r['contains']:.3f}"
+                if "heard_exact_match" in r:
+                    metric += f"  heard: EM {r['heard_exact_match']:.3f}  contains {r['heard_contains']:.3f}"
             lines.append(f"{name:<20} {ARROWS[modality]:<8} {r['items']:>6}  {metric:<28} {r['items_per_s']:>8.2f}")
     return "\n".join(lines)
 

@@ -55,13 +55,13 @@ class DecodeConfig:
         return Path(self.output) / "manifest.jsonl"
 
     def job(self) -> jobs.Job:
-        key = [jobs.input_signature([self.tokens]), _file_key(self.model), self.speaker, _file_key(self.vocoder),
+        key = [jobs.input_signature([self.tokens]), file_key(self.model), self.speaker, file_key(self.vocoder),
                self.griffin_lim_iterations, self.flow_steps, self.chunk_bytes]
         return jobs.Job(Path(self.output) / "job", "speech decoding", jobs.fingerprint(key),
                         {"inputs": [self.tokens], "chunk_bytes": self.chunk_bytes})
 
 
-def _file_key(name: str) -> object:
+def file_key(name: str) -> object:
     """A model file as a job's key: a retrained model is another job."""
     path = Path(name)
     return (str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else name
