@@ -70,7 +70,11 @@ def test_two_caches_on_one_file_keep_both_their_transcripts(tmp_path):
 
 def test_a_broken_cache_is_named_by_line(tmp_path):
     cache = tmp_path / "cache.jsonl"
-    cache.write_text(json.dumps({"judge": "counting 1", "audio_sha256": "00", "text": "x"}) + "\n{not json\n")
+    good = json.dumps({"judge": "counting 1", "audio_sha256": "00", "text": "x"}) + "\n"
+    cache.write_text(good + "{not json\n")
+    with pytest.raises(ValueError, match=r"cache\.jsonl:2: .*JSON"):
+        CachedJudge(CountingJudge(), cache)
+    cache.write_text(good + json.dumps({"judge": "counting 1", "text": "x"}) + "\n")
     with pytest.raises(ValueError, match=r"cache\.jsonl:2: not a judge-cache record"):
         CachedJudge(CountingJudge(), cache)
 

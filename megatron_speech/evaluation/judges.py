@@ -23,6 +23,7 @@ from megatron_speech.speech.audio import read_wav, resample
 from megatron_speech.speech.text import normalize_text
 
 SAMPLE_RATE = 16000
+CACHE_KEYS = ("judge", "audio_sha256", "text")
 
 
 def read_for_judging(path: Path) -> np.ndarray:
@@ -100,19 +101,16 @@ class CachedJudge:
         self.texts = self._read()
 
     def _read(self) -> dict[tuple[str, str], str]:
+        from megatron_speech.data.corpus import CorpusError, read_records
+
         texts = {}
         if not self.path.exists():
             return texts
-        with open(self.path) as f:
-            for number, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    entry = json.loads(raw)
-                    texts[entry["judge"], entry["audio_sha256"]] = entry["text"]
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise ValueError(f"{self.path}:{number}: not a judge-cache record ({e}); delete the file "
-                                     f"to hear all audio again") from None
+        for number, entry in read_records(self.path):  # a line that is not JSON is named there
+            if not (isinstance(entry, dict) and all(isinstance(entry.get(k), str) for k in CACHE_KEYS)):
+                raise CorpusError(self.path, number, f"not a judge-cache record (needs string {', '.join(CACHE_KEYS)}); "
+                                                     f"delete the file to hear all audio again")
+            texts[entry["judge"], entry["audio_sha256"]] = entry["text"]
         return texts
 
     def transcribe(self, paths: list[Path]) -> list[str]:
