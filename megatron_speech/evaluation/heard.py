@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megatron_speech import atomic, jobs
+from megatron_speech.data.corpus import read_records
 from megatron_speech.evaluation.judges import JUDGES, CachedJudge
 from megatron_speech.speech_decoder.decode import DecodeConfig, decode_tokens, file_key, load_decoder
 from megatron_speech.speech_decoder.vocoder import GRIFFIN_LIM
@@ -57,7 +58,7 @@ class AnswerListener:
                                vocoder=c.vocoder)
         if not decoded.manifest.exists():
             decode_tokens(decoded, model=self.decoder())
-        records = [json.loads(line) for line in decoded.manifest.read_text().splitlines() if line.strip()]
+        records = [record for _, record in read_records(decoded.manifest)]
         heard = self.judge().transcribe([folder / "decoded" / r["audio_filepath"] for r in records])
         by_id = dict(zip((r["id"] for r in records), heard))
         for i, _ in spoken:
