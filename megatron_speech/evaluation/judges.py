@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from megatron_speech import atomic
+from megatron_speech.data.corpus import CorpusError, read_records
 from megatron_speech.speech.audio import read_wav, resample
 from megatron_speech.speech.text import normalize_text
 
@@ -69,9 +71,9 @@ class PocketsphinxJudge:
     name = "pocketsphinx"
 
     def __init__(self) -> None:
-        from pocketsphinx import Decoder
-
         from importlib.metadata import version
+
+        from pocketsphinx import Decoder
 
         self.decoder = Decoder(samprate=SAMPLE_RATE, logfn="/dev/null")
         self.identity = f"{self.name} {version('pocketsphinx')}"  # its packaged model comes with the version
@@ -101,8 +103,6 @@ class CachedJudge:
         self.texts = self._read()
 
     def _read(self) -> dict[tuple[str, str], str]:
-        from megatron_speech.data.corpus import CorpusError, read_records
-
         texts = {}
         if not self.path.exists():
             return texts
@@ -127,8 +127,6 @@ class CachedJudge:
         return [self.texts[key] for key in keys]
 
     def _save(self) -> None:
-        from megatron_speech import atomic
-
         merged = {**self._read(), **self.texts}
         atomic.write_text(self.path, "".join(json.dumps({"judge": j, "audio_sha256": h, "text": t}) + "\n"
                                              for (j, h), t in sorted(merged.items())))

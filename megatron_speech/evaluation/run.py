@@ -15,8 +15,8 @@ are an error before anything runs, not a silently smaller test.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tqdm import tqdm
 
