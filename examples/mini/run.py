@@ -96,7 +96,8 @@ class Recipe:
         print("  $ " + " ".join(shlex.quote(c) for c in command), flush=True)
         done = subprocess.run(command, cwd=ROOT)
         if done.returncode:
-            raise StageFailed(f"exit status {done.returncode} from {Path(command[1]).name}")
+            tool = next((Path(c).name for c in command[1:] if c.endswith(".py")), command[1])  # not torchrun's "-m"
+            raise StageFailed(f"exit status {done.returncode} from {tool}")
 
     def training_config(self, name: str, tokenizer: Path, sources: list[dict], steps: int, section: dict,
                         seq_length: int, seed: int = 0, init: dict | None = None) -> dict:
