@@ -51,3 +51,23 @@ def test_a_work_folder_refuses_other_settings_and_names_them(mini, tmp_path):
     with pytest.raises(SystemExit, match="another --work.*[Dd]iffering: .*preset"):
         mini.claim_work_folder(mini.Recipe("quick", tmp_path, "python"))
     assert json.loads((tmp_path / "job.json").read_text())["settings"] == recorded  # the record is kept
+
+
+def test_the_mapping_curve_averages_each_window_and_counts_a_resumed_step_once(tmp_path):
+    spec = importlib.util.spec_from_file_location("mini_report", RUN.parent / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+
+    def step(n: int, asr_text: float, tts_text: float) -> dict:
+        return {"step": n, "split": "train", "loss": 1.0, "source_target_losses": {
+            "asr": {"text": asr_text, "speech": 3.0}, "tts": {"text": tts_text, "speech": 2.0},
+            "text": {"text": 0.1, "speech": None}}}
+
+    records = [step(1, 5.0, 5.0), step(2, 4.0, 5.0), step(3, 9.0, 9.0), step(3, 3.0, 4.0), step(4, 2.0, 4.0),
+               {"step": 4, "split": "valid", "loss": 7.0}, {"step": 5, "split": "train", "loss": 1.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    rows = report.mapping_curve(tmp_path / "metrics.jsonl", window=2)
+    assert [(r["first_step"], r["last_step"]) for r in rows] == [(1, 2), (3, 4)]
+    assert rows[0]["transcript_after_speech"] == 4.5 and rows[0]["transcript_alone"] == 5.0
+    assert rows[1]["transcript_after_speech"] == 2.5 and rows[1]["transcript_alone"] == 4.0  # step 3's newest record
+    assert rows[1]["speech_after_transcript"] == 2.0 and rows[1]["speech_alone"] == 3.0

@@ -18,6 +18,34 @@ ARROWS = {"s2t": "S→T", "s2s": "S→S", "t2t": "T→T"}
 # ---- figures of one stage, read from the files the tools wrote ---------------------------------
 
 
+# the pairs that say whether speech and text predict each other: (source, predicted part) with its
+# partner (the same part, predicted with nothing of the other modality before it)
+MAPPING = {"transcript_after_speech": ("asr", "text"), "transcript_alone": ("tts", "text"),
+           "speech_after_transcript": ("tts", "speech"), "speech_alone": ("asr", "speech")}
+
+
+def mapping_curve(metrics_jsonl: Path, window: int = 500) -> list[dict]:
+    """Mean losses a window of steps of the transcript after its speech (ASR samples) against the
+    transcript with none before it (TTS samples), and of the speech after its transcript against the
+    speech alone. Why: a model that has not learned the mapping predicts each modality only from
+    itself, and the two losses of a pair are equal; the arms of the ablation only differ in what
+    speech means once the first of a pair falls clearly below the second. A resumed run's repeated
+    steps count once (the newest record)."""
+    steps = {r["step"]: r for r in _records(metrics_jsonl)
+             if r.get("split", "train") == "train" and r.get("source_target_losses")}
+    rows = []
+    for start in range(0, max(steps, default=0), window):
+        block = [steps[s] for s in sorted(steps) if start < s <= start + window]
+        if not block:
+            continue
+        row = {"first_step": block[0]["step"], "last_step": block[-1]["step"]}
+        for name, (source, target) in MAPPING.items():
+            values = [v for r in block if (v := r["source_target_losses"].get(source, {}).get(target)) is not None]
+            row[name] = statistics.fmean(values) if values else None
+        rows.append(row)
+    return rows
+
+
 def speech_tokenizer_figures(eval_json: Path) -> dict:
     r = json.loads(eval_json.read_text())
     by_manifest = {res["manifest"]: res for res in r["results"]}
@@ -27,10 +55,14 @@ def speech_tokenizer_figures(eval_json: Path) -> dict:
             "cut_short": r["cut_short"]}
 
 
+def _records(metrics_jsonl: Path) -> list[dict]:
+    return [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()]
+
+
 def training_figures(metrics_jsonl: Path) -> dict:
     """Loss and per-source losses, averaged over the last fifth of the steps (one step is noisy, and
     holds only some sources), and the last validation loss where the run validated."""
-    lines = [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()]
+    lines = _records(metrics_jsonl)
     records = [r for r in lines if r.get("split", "train") == "train"]
     if not records:
         raise ValueError(f"{metrics_jsonl}: no training steps recorded")
