@@ -33,9 +33,9 @@ def mapping_curve(metrics_jsonl: Path, window: int = 500) -> list[dict]:
     steps count once (the newest record)."""
     steps = {r["step"]: r for r in _records(metrics_jsonl)
              if r.get("split", "train") == "train" and r.get("source_target_losses")}
-    rows = []
+    ordered, rows = [steps[s] for s in sorted(steps)], []
     for start in range(0, max(steps, default=0), window):
-        block = [steps[s] for s in sorted(steps) if start < s <= start + window]
+        block = [r for r in ordered if start < r["step"] <= start + window]
         if not block:
             continue
         row = {"first_step": block[0]["step"], "last_step": block[-1]["step"]}
