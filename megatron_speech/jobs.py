@@ -244,8 +244,14 @@ class Job:
             self._empty()
         self.folder.mkdir(parents=True, exist_ok=True)
         if found != self.fingerprint or overwrite:
-            atomic.write_json(self.folder / JOB_FILE, {"fingerprint": self.fingerprint, "kind": self.kind,
-                                                      **self.description})
+            self.record()
+
+    def record(self) -> None:
+        """Write this job's ``job.json`` through a rename, replacing any other: for a caller that has
+        decided the folder's output stands under this job (``claim`` is the checked way)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(self.folder / JOB_FILE, {"fingerprint": self.fingerprint, "kind": self.kind,
+                                                  **self.description})
 
     def recorded_fingerprint(self) -> str | None:
         path = self.folder / JOB_FILE

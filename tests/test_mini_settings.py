@@ -53,6 +53,29 @@ def test_a_work_folder_refuses_other_settings_and_names_them(mini, tmp_path):
     assert json.loads((tmp_path / "job.json").read_text())["settings"] == recorded  # the record is kept
 
 
+def test_a_work_folder_takes_more_seeds_and_arms_and_records_them(mini, tmp_path, capsys):
+    mini.claim_work_folder(mini.Recipe("tiny", tmp_path, "python", ["seeds=[0]"]))
+    mini.claim_work_folder(mini.Recipe("tiny", tmp_path, "python", ["seeds=[0, 1, 2]", "arms=[A, B-half, B]"]))
+    recorded = json.loads((tmp_path / "job.json").read_text())
+    assert recorded["settings"]["seeds"] == [0, 1, 2] and recorded["settings"]["arms"] == ["A", "B-half", "B"]
+    assert "finished stages are kept" in capsys.readouterr().out
+    mini.claim_work_folder(mini.Recipe("tiny", tmp_path, "python", ["seeds=[0, 1, 2]", "arms=[A, B-half, B]"]))
+    with pytest.raises(SystemExit, match=r"[Dd]iffering: arms, lm\.speech_text_steps, seeds$"):  # a setting too: refused
+        mini.claim_work_folder(mini.Recipe("tiny", tmp_path, "python", ["seeds=[5]", "lm.speech_text_steps=9"]))
+    assert json.loads((tmp_path / "job.json").read_text()) == recorded
+
+
+def test_a_folder_with_stages_and_no_settings_record_is_refused_unless_adopted(mini, tmp_path):
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "world.json").write_text("{}")
+    with pytest.raises(SystemExit, match=r"no job\.json.*--adopt"):
+        mini.claim_work_folder(mini.Recipe("tiny", tmp_path, "python"))
+    assert not (tmp_path / "job.json").exists()
+    mini.claim_work_folder(mini.Recipe("tiny", tmp_path, "python"), adopt=True)
+    assert json.loads((tmp_path / "job.json").read_text())["settings"]["preset"] == "tiny"
+    mini.claim_work_folder(mini.Recipe("tiny", tmp_path / "empty", "python"))  # a new folder needs no adopting
+
+
 def test_the_mapping_curve_averages_each_window_and_counts_a_resumed_step_once(tmp_path):
     spec = importlib.util.spec_from_file_location("mini_report", RUN.parent / "report.py")
     report = importlib.util.module_from_spec(spec)

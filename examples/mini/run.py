@@ -14,7 +14,7 @@ The stages, each through the project's own tools in subprocesses, as a user woul
 
 ``--set lm.speech_warmup_steps=10000`` (any preset key, the value parsed as YAML) changes the preset;
 a work folder is claimed for the settings it was started with (``job.json``, ``megatron_speech.jobs``)
-and refuses others.
+and refuses others; ``--set "seeds=[0, 1, 2]"`` or other ``arms`` on a finished folder adds those runs.
 
 A finished stage leaves ``<work>/stages/<name>.json`` (its figures and time): a rerun skips it, and
 the tools resume inside the stage that was stopped (training from its last checkpoint, jobs from
@@ -42,6 +42,7 @@ import report  # noqa: E402  (examples/mini/report.py: the tables and the plot)
 
 ROOT = HERE.parents[1]
 ARMS = {"A": 0.0, "B-half": 0.5, "B": 1.0}  # each arm's interleaved data, as a share of B's
+SELECTION = {"seeds", "arms"}  # which arm runs a folder holds: not settings its stages depend on
 
 
 class StageFailed(RuntimeError):
@@ -363,12 +364,14 @@ def main() -> None:
     parser.add_argument("--work", help="work folder (default: work/mini/<preset>)")
     parser.add_argument("--python", default=sys.executable, help="the interpreter that runs the tools")
     config_loader.add_overrides_argument(parser)  # a preset value, e.g. lm.speech_warmup_steps=10000
+    parser.add_argument("--adopt", action="store_true",
+                        help="claim a work folder whose stages were made before settings were recorded")
     args = parser.parse_args()
     work = Path(args.work or ROOT / "work" / "mini" / args.preset).resolve()
     recipe = Recipe(args.preset, work, args.python, args.set)
     try:
         with jobs.exclusive_lock(work / "run.lock", f"{work} is in use"):
-            claim_work_folder(recipe)
+            claim_work_folder(recipe, args.adopt)
             records = run(recipe)
             summary = report.write(recipe, records)
     except jobs.JobError as exc:
@@ -376,18 +379,30 @@ def main() -> None:
     print(summary)
 
 
-def claim_work_folder(recipe: Recipe) -> None:
+def claim_work_folder(recipe: Recipe, adopt: bool = False) -> None:
     """A work folder's stages belong to one preset's settings: the folder is claimed as a job whose
     fingerprint is those settings, and a run with others is refused (the differing keys named) rather
-    than mixing stages made under both in one report."""
+    than mixing stages made under both in one report. Which seeds and arms run is a selection, not a
+    setting: each arm's stages are its own, so a folder takes more (or fewer) of them and records the
+    new selection. A folder with finished stages and no record is refused unless ``adopt``: its
+    settings are unknown, and adopting them silently would let one report mix two presets."""
     settings = {"preset": recipe.name, **recipe.p}
     job = jobs.Job(recipe.work, "mini recipe", jobs.fingerprint(settings), {"settings": settings},
                    remedy="use another --work, or the same preset and --set values")
+    if job.recorded_fingerprint() is None and any(recipe.w("stages").glob("*.json")) and not adopt:
+        raise SystemExit(f"error: {recipe.work} holds finished stages but no {jobs.JOB_FILE} (made before "
+                         "settings were recorded): its settings are unknown; use another --work, or --adopt "
+                         "to claim it for this run's settings")
     try:
         job.claim()
     except jobs.JobError as exc:
         before = json.loads((recipe.work / jobs.JOB_FILE).read_text()).get("settings", {})
-        raise SystemExit(f"error: {exc}. Differing: {', '.join(_differences(before, settings))}") from None
+        differing = _differences(before, settings)
+        if not set(differing) <= SELECTION:
+            raise SystemExit(f"error: {exc}. Differing: {', '.join(differing)}") from None
+        job.record()
+        print(f"[mini] {recipe.work}: seeds {settings['seeds']}, arms {settings['arms']} "
+              f"(was seeds {before.get('seeds')}, arms {before.get('arms')}); finished stages are kept", flush=True)
 
 
 def _differences(a, b, prefix: str = "") -> list[str]:
