@@ -759,6 +759,10 @@ def test_the_mel_damage_probe_damages_as_it_says():
         block = flat[:, start:start + 5]
         assert torch.allclose(block, block[:, :1].expand_as(block))
         assert torch.allclose(block[:, 0], mel[:, start:start + 5].mean(-1))
+    half = probe.damages_at(2.5)["token_mean"](mel, 0)  # 25 Hz: tokens of 3 and 2 frames in turn
+    for start, end in ((0, 3), (3, 5), (5, 8), (8, 10), (20, 23)):
+        assert torch.allclose(half[:, start:end], mel[:, start:end].mean(-1, keepdim=True).expand(-1, end - start))
+    assert not torch.allclose(half[:, 2], half[:, 3])
     assert torch.allclose(probe.blur(torch.full((8, 23), 2.0), 5, -1), torch.full((8, 23), 2.0))
     impulse = torch.zeros(8, 23)
     impulse[4, 11] = 1.0

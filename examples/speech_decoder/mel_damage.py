@@ -38,11 +38,14 @@ def blur(mel: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     return out if dim == -1 else out.T
 
 
-def token_mean(mel: torch.Tensor, frames_per_token: int = 5) -> torch.Tensor:
-    """Each token's frames replaced by their mean (the last, partial token too)."""
-    out = mel.clone()
-    for start in range(0, mel.shape[-1], frames_per_token):
-        out[:, start:start + frames_per_token] = mel[:, start:start + frames_per_token].mean(-1, keepdim=True)
+def token_mean(mel: torch.Tensor, frames_per_token: float = 5.0) -> torch.Tensor:
+    """Each token's frames replaced by their mean (the last, partial token too). A token spans
+    ``frames_per_token`` frames (5 at 12.5 Hz, 2.5 at 25 Hz): token k holds the frames from
+    round(k x frames_per_token), so at 25 Hz the tokens alternate 3 and 2 frames."""
+    out, frames = mel.clone(), mel.shape[-1]
+    bounds = sorted({min(frames, int(k * frames_per_token + 0.5)) for k in range(int(frames / frames_per_token) + 2)})
+    for start, end in zip(bounds, bounds[1:]):
+        out[:, start:end] = mel[:, start:end].mean(-1, keepdim=True)
     return out
 
 
@@ -56,6 +59,11 @@ def sharpen(mel: torch.Tensor, amount: float) -> torch.Tensor:
     """Unsharp masking in time: the frames pushed away from their 3-frame average by ``amount``
     times the difference (transitions steeper), each bin on its own."""
     return mel + amount * (mel - blur(mel, 3, -1))
+
+
+def damages_at(frames_per_token: float) -> dict:
+    """Each damage by name: a function of (mel, utterance index)."""
+    return {**DAMAGES, "token_mean": lambda m, i: token_mean(m, frames_per_token)}
 
 
 DAMAGES = {
@@ -107,13 +115,16 @@ def main() -> None:
     parser.add_argument("--decoder", help="also the mels this token-to-mel .nemo makes of the utterances' tokens, "
                         "as they are and sharpened in time (needs --speech-tokenizer)")
     parser.add_argument("--speech-tokenizer")
+    parser.add_argument("--token-rate", type=float, default=12.5,
+                        help="tokens a second, for token_mean (12.5: 5 frames a token; 25: 2.5)")
     parser.add_argument("--sharpen", type=float, nargs="*", default=[0.5, 1.0], help="amounts for the decoder's mels")
     args = parser.parse_args()
     settings, manifest, output = MelSettings(), Path(args.manifest), Path(args.output)
     mel_of = MelSpectrogram(settings)
     lines = decoded_speech.read_lines(manifest, args.limit, args.voices)
     folder = output.parent / f"{output.stem}_audio"
-    damages = dict(DAMAGES) if args.decoder is None else decoder_versions(args.decoder, args.speech_tokenizer,
+    frames, tokens = settings.token_frames(args.token_rate)
+    damages = damages_at(frames / tokens) if args.decoder is None else decoder_versions(args.decoder, args.speech_tokenizer,
                                                                           args.sharpen, manifest, lines)
     paths: dict[str, list[Path]] = {name: [] for name in damages}
     distance: dict[str, list[float]] = {name: [] for name in damages}
