@@ -65,7 +65,7 @@ def _special_ids(tokenizer: SpeechTextTokenizer) -> dict[str, int]:
 def save_hf_tokenizer(tokenizer: SpeechTextTokenizer, output: str | Path) -> None:
     """``tokenizer.json`` + ``tokenizer_config.json`` for ``AutoTokenizer``, and the project's own files."""
     output = Path(output)
-    tokenizer.to_hf_tokenizer().save(str(output / "tokenizer.json"))
+    atomic.write_text(output / "tokenizer.json", tokenizer.to_hf_tokenizer().to_str(pretty=True))
     names = {i: n for n, i in tokenizer.special_ids.items()}
     hf_tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",

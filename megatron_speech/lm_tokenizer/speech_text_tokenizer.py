@@ -24,6 +24,8 @@ import numpy as np
 from megatron.core.tokenizers import MegatronTokenizerBase
 from tokenizers import AddedToken, Tokenizer
 
+from megatron_speech import atomic
+
 BEGIN_OF_AUDIO = "<|begin_of_audio|>"
 END_OF_AUDIO = "<|end_of_audio|>"
 END_OF_TEXT = "<|endoftext|>"
@@ -135,11 +137,11 @@ class SpeechTextTokenizer(MegatronTokenizerBase):
 
     def save(self, directory: str | Path) -> None:
         """Writes the text tokenizer, our config, and a speech-extended ``tokenizer.json``
-        (audio and special tokens added as Hugging Face added tokens, same ids) for HF export."""
+        (audio and special tokens added as Hugging Face added tokens, same ids) for HF export. Each
+        file through a rename, the config last: a killed save leaves no folder that loads half-written."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.text_tokenizer.save(str(directory / "text_tokenizer.json"))
-        self.to_hf_tokenizer().save(str(directory / "tokenizer.json"))
+        atomic.write_text(directory / "text_tokenizer.json", self.text_tokenizer.to_str(pretty=True))
+        atomic.write_text(directory / "tokenizer.json", self.to_hf_tokenizer().to_str(pretty=True))
         config = {
             "text_tokenizer": "text_tokenizer.json",
             "codebook_size": self.codebook_size,
@@ -148,7 +150,7 @@ class SpeechTextTokenizer(MegatronTokenizerBase):
             "special_ids": self.special_ids,
             "fingerprint": self.fingerprint(),
         }
-        (directory / _CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        atomic.write_text(directory / _CONFIG_FILE, json.dumps(config, indent=2) + "\n")
 
     def to_hf_tokenizer(self) -> Tokenizer:
         """The text tokenizer with every audio and special token added at its id."""
