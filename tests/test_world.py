@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from megatron_speech.data.world import QUESTIONS, WorldConfig, build_world, write_world
+from megatron_speech.data.world import FACT_STEMS, JOBS, PETS, QUESTIONS, WorldConfig, build_world, write_world
 from megatron_speech.evaluation.tasks import read_task
 
 
@@ -48,11 +48,13 @@ def test_every_fact_asked_is_stated_in_prose_and_no_question_asked_is_answered_i
 
 def test_the_task_files_are_valid_contract_9_files(tmp_path):
     counts = write_world(WorldConfig(people=20, places=4, stories=12), tmp_path)
-    assert counts == {"facts": 20, "corpus": 34, "qa": 50, "qa_train": 50, "cloze": 12}
+    assert counts == {"facts": 20, "corpus": 34, "qa": 50, "qa_train": 50, "cloze": 12, "fact_choice": 50}
     kind, items = read_task(tmp_path / "qa.jsonl")
     assert kind == "qa" and len(items) == 50
     kind, stories = read_task(tmp_path / "cloze.jsonl")
     assert kind == "likelihood" and {s.answer for s in stories} == {0, 1}
+    kind, facts = read_task(tmp_path / "fact_choice.jsonl")
+    assert kind == "likelihood" and len(facts) == 50
     assert json.loads((tmp_path / "world.json").read_text())["counts"] == counts
 
 
@@ -84,3 +86,23 @@ def test_only_the_context_tells_the_right_story_ending():
         assert first["context"] != second["context"]
     with pytest.raises(ValueError, match="even"):
         WorldConfig(stories=7)
+
+
+def test_fact_choices_ask_the_asked_people_in_new_words_among_values_of_the_same_kind(world):
+    """The likelihood form of the QA: one item a fact of each person the QA asks about, the opening in
+    words the prose never uses, the right value once among others of its kind, its place random."""
+    by_name = {f["name"]: f for f in world["facts"]}
+    prose = " ".join(doc["text"] for doc in world["corpus"])
+    places = {f["birthplace"] for f in world["facts"]}
+    assert [(c["person"], c["fact"]) for c in world["fact_choice"]] == [(q["person"], q["fact"]) for q in world["qa"]]
+    kinds = {"birthplace": places, "job": set(JOBS), "pet": set(PETS), "sibling": set(by_name)}
+    for item in world["fact_choice"]:
+        fact = str(by_name[item["person"]][item["fact"]])
+        assert item["candidates"][item["answer"]] == fact and item["candidates"].count(fact) == 1
+        assert len(set(item["candidates"])) == 4 and item["person"] not in item["candidates"]
+        assert set(item["candidates"]) <= kinds.get(item["fact"], {str(y) for y in range(1850, 1951)})
+        assert item["context"].endswith(tuple(t.split("{name}")[1] for t, _ in FACT_STEMS))
+        assert item["context"] not in prose  # the whole opening, name and all, is never written
+    for template, _ in FACT_STEMS:  # nor the words before the name
+        assert template.split("{name}")[0].strip() not in prose, template
+    assert {c["answer"] for c in world["fact_choice"]} == {0, 1, 2, 3}

@@ -2,7 +2,7 @@
 
     .venv/bin/python tools/build_world.py work/world [--people 200] [--seed 0]
 
-Outputs facts.jsonl, corpus.jsonl (text documents), qa.jsonl and cloze.jsonl (task files, contract
+Outputs facts.jsonl, corpus.jsonl (text documents), qa.jsonl, fact_choice.jsonl and cloze.jsonl (task files, contract
 9: turn them into spoken tasks with tools/build_spoken_task.py) and world.json.
 """
 

@@ -244,7 +244,7 @@ class Recipe:
         """The evaluation's questions and stories spoken by a voice no training utterance uses."""
         voice = self.p["evaluation"]["held_out_voice"]
         figures = {}
-        for name in ("qa", "qa_shots", "cloze"):
+        for name in ("qa", "qa_shots", "cloze", "fact_choice"):
             output = self.w("tasks", f"{name}_spoken.jsonl")
             self.tool("build_spoken_task.py", self.w("world", f"{name}.jsonl"), output, "--speech-tokenizer",
                       self.speech_tokenizer, "--voices", voice)
@@ -252,7 +252,7 @@ class Recipe:
         return figures
 
     def tasks(self, modalities: list[str]) -> list[dict]:
-        """The QA and story tasks: their spoken files, or for text alone the world's own files (a text
+        """The QA, fact and story tasks: their spoken files, or for text alone the world's own files (a text
         LM's vocabulary has no speech codes to check the spoken fields against)."""
         e = self.p["evaluation"]
 
@@ -265,7 +265,8 @@ class Recipe:
               "max_speech_tokens": e.get("max_speech_tokens", 120)}
         cloze = {"name": "story_cloze", "file": file("cloze"), "modalities": modalities,
                  "limit": e["cloze_limit"]}
-        return [qa, cloze]
+        facts = {"name": "fact_choice", "file": file("fact_choice"), "modalities": modalities, "limit": e["qa_limit"]}
+        return [qa, facts, cloze]
 
     def evaluate(self, name: str, model: dict, modalities: list[str], output: Path) -> None:
         config = {"model": model, "speech_tokenizer": str(self.speech_tokenizer),

@@ -11,6 +11,8 @@ rendered as varied English prose (biographies and encyclopedic sentences about p
   Models 3.1"): the questions and answers of a share of the people (``qa_in_text``) are written as
   text documents too (and as ``qa_train.jsonl``, the few-shot examples), and the evaluation set
   (``qa.jsonl``, contract 9) asks about the others only, whose facts only the prose states;
+- the same people's facts as likelihood items (``fact_choice.jsonl``): an opening in new words and
+  the fact among others of its kind, a knowledge test that needs no generation;
 - short stories with a coherent and an incoherent ending (``cloze.jsonl``, contract 9), a
   StoryCloze-like test of plain language sense, in pairs that swap their endings, so that nothing
   but the context tells the right one.
@@ -184,6 +186,42 @@ def qa_document(p: Person) -> str:
     return "\n\n".join(QA_TEMPLATE.format(question=q["question"]) + " " + q["answers"][0] for q in questions(p))
 
 
+# ---- facts by likelihood: the same knowledge, scored without generation ----------------------------
+
+# Sentence openings in words the prose never uses; the fact is the continuation. Why a likelihood
+# task beside the QA: exact match needs a model that both understands the question and writes the
+# answer word for word, and at the recipe's scale both arms score zero on spoken questions; ranking
+# a few candidates shows knowledge carried into speech long before generation does (chance is 1 / the
+# number of candidates; distractors are other values of the same kind, so the prior over values is
+# the same for every item of a kind).
+FACT_STEMS = (
+    ("The town where {name} was born is called", "birthplace"),
+    ("The year of the birth of {name} was", "year"),
+    ("To earn a living, {name} worked as a", "job"),
+    ("The animal that lived with {name} was", "pet"),
+    ("The sibling of {name} is named", "sibling"),
+)
+FACT_CANDIDATES = 4  # the right value and up to three others of its kind
+
+
+def fact_choices(people: list[Person], everyone: list[Person], places: list[str], config: WorldConfig,
+                 rng: random.Random) -> list[dict]:
+    """Likelihood items (contract 9) about ``people``: each fact's opening, and its value among others
+    of the same kind (places, years, jobs, pets, other people's names) in a random order."""
+    pools = {"birthplace": places, "year": [str(y) for y in range(config.first_year, config.last_year + 1)],
+             "job": list(JOBS), "pet": list(PETS), "sibling": [p.name for p in everyone]}
+    out = []
+    for p in people:
+        for template, field in FACT_STEMS:
+            answer = str(getattr(p, field))
+            others = [v for v in pools[field] if v not in (answer, p.name)]
+            candidates = rng.sample(others, min(FACT_CANDIDATES - 1, len(others))) + [answer]
+            rng.shuffle(candidates)
+            out.append({"id": f"f{len(out):05d}", "context": template.format(name=p.name), "candidates": candidates,
+                        "answer": candidates.index(answer), "fact": field, "person": p.name})
+    return out
+
+
 # ---- StoryCloze-like stories --------------------------------------------------------------------
 
 # Stories come in pairs whose coherent endings are each other's incoherent one: across a pair every
@@ -242,12 +280,16 @@ def build_world(config: WorldConfig) -> dict:
     return {"facts": [asdict(p) for p in people], "corpus": documents,
             "qa": [{"id": f"q{i:05d}", **q} for i, q in enumerate(asked)],
             "qa_train": [{"id": f"t{i:05d}", **q} for i, q in enumerate(shown)],
-            "cloze": stories(people, config.stories, rng)}
+            "cloze": stories(people, config.stories, rng),
+            # its own generator: the files above stay what they were before this task existed
+            "fact_choice": fact_choices(people[len(in_text):], people, places, config,
+                                        random.Random(f"fact_choice-{config.seed}"))}
 
 
 def write_world(config: WorldConfig, output_dir: str | Path) -> dict:
     """``facts.jsonl``, ``corpus.jsonl`` (text documents), ``qa.jsonl`` (the evaluation's
-    questions), ``qa_train.jsonl`` (those answered in the text), ``cloze.jsonl`` and ``world.json``
+    questions), ``qa_train.jsonl`` (those answered in the text), ``cloze.jsonl``, ``fact_choice.jsonl``
+    (the asked people's facts as likelihood items) and ``world.json``
     (the config and counts), each written atomically; returns the counts."""
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
