@@ -190,10 +190,9 @@ def qa_document(p: Person) -> str:
 
 # Sentence openings in words the prose never uses; the fact is the continuation. Why a likelihood
 # task beside the QA: exact match needs a model that both understands the question and writes the
-# answer word for word, and at the recipe's scale both arms score zero on spoken questions; ranking
-# a few candidates shows knowledge carried into speech long before generation does (chance is 1 / the
-# number of candidates; distractors are other values of the same kind, so the prior over values is
-# the same for every item of a kind).
+# answer word for word, which a small model may not do from speech long after some knowledge has
+# reached it; ranking a few candidates can show that knowledge earlier (chance is 1 / the number of
+# candidates; the distractors are drawn from the other values of the same kind).
 FACT_STEMS = (
     ("The town where {name} was born is called", "birthplace"),
     ("The year of the birth of {name} was", "year"),
