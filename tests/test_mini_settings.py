@@ -60,7 +60,8 @@ def test_a_work_folder_takes_more_seeds_and_arms_and_records_them(mini, tmp_path
     assert recorded["settings"]["seeds"] == [0, 1, 2] and recorded["settings"]["arms"] == ["A", "B-half", "B"]
     assert "finished stages are kept" in capsys.readouterr().out
     mini.claim_work_folder(mini.Recipe("tiny", tmp_path, "python", ["seeds=[0, 1, 2]", "arms=[A, B-half, B]"]))
-    with pytest.raises(SystemExit, match=r"[Dd]iffering: arms, lm\.speech_text_steps, seeds$"):  # a setting too: refused
+    # a setting changed too: refused
+    with pytest.raises(SystemExit, match=r"[Dd]iffering: arms, lm\.speech_text_steps, seeds$"):
         mini.claim_work_folder(mini.Recipe("tiny", tmp_path, "python", ["seeds=[5]", "lm.speech_text_steps=9"]))
     assert json.loads((tmp_path / "job.json").read_text()) == recorded
 

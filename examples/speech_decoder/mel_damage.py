@@ -124,8 +124,10 @@ def main() -> None:
     lines = decoded_speech.read_lines(manifest, args.limit, args.voices)
     folder = output.parent / f"{output.stem}_audio"
     frames, tokens = settings.token_frames(args.token_rate)
-    damages = damages_at(frames / tokens) if args.decoder is None else decoder_versions(args.decoder, args.speech_tokenizer,
-                                                                          args.sharpen, manifest, lines)
+    if args.decoder is None:
+        damages = damages_at(frames / tokens)
+    else:
+        damages = decoder_versions(args.decoder, args.speech_tokenizer, args.sharpen, manifest, lines)
     paths: dict[str, list[Path]] = {name: [] for name in damages}
     distance: dict[str, list[float]] = {name: [] for name in damages}
     for index, (number, line) in enumerate(tqdm(lines, desc="damage + Griffin-Lim", unit="utt")):
