@@ -49,7 +49,7 @@ def test_the_tiny_preset_runs_every_stage_and_resumes_after_a_kill(tmp_path):
                  "speech_tokenizer/whisper_vq/whisper_vq.nemo", "speech_tokens/train.jsonl",
                  "text_to_token/eval_test.json", "text_lm/hf/config.json", "lm_tokenizer/speech_text_tokenizer.json",
                  "data/interleaved.bin", "data/asr.bin", "tasks/qa_spoken.jsonl", "tasks/cloze_spoken.jsonl",
-                 "tasks/fact_choice_spoken.jsonl",
+                 "tasks/fact_choice_spoken.jsonl", "tasks/fact_control_spoken.jsonl",
                  "arms/A_seed0/eval.json", "arms/B_seed0/eval.json", "report.md", "ablation.png"):
         assert (work / path).is_file(), path
     text_lm = json.loads((work / "text_lm" / "hf" / "config.json").read_text())
@@ -72,7 +72,8 @@ def test_the_tiny_preset_runs_every_stage_and_resumes_after_a_kill(tmp_path):
     report = json.loads((work / "report.json").read_text())
     assert set(report["stages"]) == {p.stem for p in (work / "stages").glob("*.json")}
     assert [(a["arm"], a["seed"]) for a in report["arms"]] == [("A", 0), ("B", 0)]
-    expected = {f"{task}_{m}" for task in ("spoken_qa", "fact_choice", "story_cloze") for m in ("s2t", "s2s", "t2t")}
+    expected = {f"{task}_{m}" for task in ("spoken_qa", "fact_choice", "fact_control", "story_cloze")
+                for m in ("s2t", "s2s", "t2t")}
     for arm in report["arms"]:
         assert set(arm["scores"]) == expected and all(0 <= v <= 1 for v in arm["scores"].values())
     assert report["arms"][0]["interleaved_tokens"] == 0 < report["arms"][1]["interleaved_tokens"]

@@ -48,13 +48,15 @@ def test_every_fact_asked_is_stated_in_prose_and_no_question_asked_is_answered_i
 
 def test_the_task_files_are_valid_contract_9_files(tmp_path):
     counts = write_world(WorldConfig(people=20, places=4, stories=12), tmp_path)
-    assert counts == {"facts": 20, "corpus": 34, "qa": 50, "qa_train": 50, "cloze": 12, "fact_choice": 50}
+    assert counts == {"facts": 20, "corpus": 34, "qa": 50, "qa_train": 50, "cloze": 12, "fact_choice": 50,
+                      "fact_control": 50}
     kind, items = read_task(tmp_path / "qa.jsonl")
     assert kind == "qa" and len(items) == 50
     kind, stories = read_task(tmp_path / "cloze.jsonl")
     assert kind == "likelihood" and {s.answer for s in stories} == {0, 1}
-    kind, facts = read_task(tmp_path / "fact_choice.jsonl")
-    assert kind == "likelihood" and len(facts) == 50
+    for name in ("fact_choice", "fact_control"):
+        kind, facts = read_task(tmp_path / f"{name}.jsonl")
+        assert kind == "likelihood" and len(facts) == 50
     assert json.loads((tmp_path / "world.json").read_text())["counts"] == counts
 
 
@@ -106,3 +108,18 @@ def test_fact_choices_ask_the_asked_people_in_new_words_among_values_of_the_same
     for template, _ in FACT_STEMS:  # nor the words before the name
         assert template.split("{name}")[0].strip() not in prose, template
     assert {c["answer"] for c in world["fact_choice"]} == {0, 1, 2, 3}
+
+
+def test_a_fact_control_asks_about_someone_else_whose_value_is_not_a_candidate(world):
+    """The control keeps each item's candidates and answer and takes the opening of another person of
+    the same kind, whose own value (and name) is not among the candidates: only priors score there."""
+    by_name = {f["name"]: f for f in world["facts"]}
+    openings = {(c["person"], c["fact"]): c["context"] for c in world["fact_choice"]}
+    assert len(world["fact_control"]) == len(world["fact_choice"])
+    for choice, control in zip(world["fact_choice"], world["fact_control"]):
+        assert {k: control[k] for k in ("candidates", "answer", "fact", "person")} == \
+            {k: choice[k] for k in ("candidates", "answer", "fact", "person")}
+        donor = control["context_person"]
+        assert donor != choice["person"] and control["context"] == openings[(donor, choice["fact"])]
+        assert str(by_name[donor][choice["fact"]]) not in choice["candidates"] and donor not in choice["candidates"]
+    assert len({c["context_person"] for c in world["fact_control"]}) > len(world["fact_control"]) // 10

@@ -11,7 +11,7 @@ from megatron_speech import atomic
 from megatron_speech.data.indexed import read_metadata
 
 # what each task is scored by in the tables and the plot
-PRIMARY = {"spoken_qa": "exact_match", "fact_choice": "acc", "story_cloze": "acc"}
+PRIMARY = {"spoken_qa": "exact_match", "fact_choice": "acc", "fact_control": "acc", "story_cloze": "acc"}
 ARROWS = {"s2t": "S→T", "s2s": "S→S", "t2t": "T→T"}
 
 

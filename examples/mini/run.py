@@ -244,7 +244,7 @@ class Recipe:
         """The evaluation's questions and stories spoken by a voice no training utterance uses."""
         voice = self.p["evaluation"]["held_out_voice"]
         figures = {}
-        for name in ("qa", "qa_shots", "cloze", "fact_choice"):
+        for name in ("qa", "qa_shots", "cloze", "fact_choice", "fact_control"):
             output = self.w("tasks", f"{name}_spoken.jsonl")
             self.tool("build_spoken_task.py", self.w("world", f"{name}.jsonl"), output, "--speech-tokenizer",
                       self.speech_tokenizer, "--voices", voice)
@@ -267,8 +267,8 @@ class Recipe:
                  "limit": e["cloze_limit"]}
         # every asked fact: ranking is fast (a few seconds a hundred items), and an accuracy near chance
         # needs the items to tell arms apart
-        facts = {"name": "fact_choice", "file": file("fact_choice"), "modalities": modalities}
-        return [qa, facts, cloze]
+        facts = [{"name": name, "file": file(name), "modalities": modalities} for name in ("fact_choice", "fact_control")]
+        return [qa, *facts, cloze]
 
     def evaluate(self, name: str, model: dict, modalities: list[str], output: Path) -> None:
         config = {"model": model, "speech_tokenizer": str(self.speech_tokenizer),

@@ -12,7 +12,8 @@ rendered as varied English prose (biographies and encyclopedic sentences about p
   text documents too (and as ``qa_train.jsonl``, the few-shot examples), and the evaluation set
   (``qa.jsonl``, contract 9) asks about the others only, whose facts only the prose states;
 - the same people's facts as likelihood items (``fact_choice.jsonl``): an opening in new words and
-  the fact among others of its kind, a knowledge test that needs no generation;
+  the fact among others of its kind, a knowledge test that needs no generation, with its control
+  (``fact_control.jsonl``: the same candidates after another person's opening);
 - short stories with a coherent and an incoherent ending (``cloze.jsonl``, contract 9), a
   StoryCloze-like test of plain language sense, in pairs that swap their endings, so that nothing
   but the context tells the right one.
@@ -221,6 +222,25 @@ def fact_choices(people: list[Person], everyone: list[Person], places: list[str]
     return out
 
 
+def fact_controls(choices: list[dict]) -> list[dict]:
+    """The same items after another person's opening of the same kind, one whose value (and name) is
+    not among the candidates where there is one: what the candidates' priors alone score (about chance for a
+    model that reads nothing). A fact task's accuracy means knowledge only as far as it stands above
+    its control's; without the control a model that favours frequent values would look informed."""
+    by_kind: dict[str, list[dict]] = {}
+    for item in choices:
+        by_kind.setdefault(item["fact"], []).append(item)
+    out = []
+    for item in choices:
+        kind = by_kind[item["fact"]]
+        start = kind.index(item)
+        others = [kind[(start + k) % len(kind)] for k in range(1, len(kind))] or [item]
+        donor = next((o for o in others if not {o["candidates"][o["answer"]], o["person"]} & set(item["candidates"])),
+                     others[0])
+        out.append({**item, "id": f"c{item['id'][1:]}", "context": donor["context"], "context_person": donor["person"]})
+    return out
+
+
 # ---- StoryCloze-like stories --------------------------------------------------------------------
 
 # Stories come in pairs whose coherent endings are each other's incoherent one: across a pair every
@@ -275,20 +295,22 @@ def build_world(config: WorldConfig) -> dict:
     in_text = people[: int(len(people) * config.qa_in_text)]
     documents += [{"id": f"qa{i:05d}", "text": qa_document(p)} for i, p in enumerate(in_text)]
     asked = [q for p in people[len(in_text):] for q in questions(p)]
+    # its own generator: the files before it stay what they were before the fact tasks existed
+    choices = fact_choices(people[len(in_text):], people, places, config,
+                           random.Random(f"fact_choice-{config.seed}"))
     shown = [q for p in in_text for q in questions(p)]
     return {"facts": [asdict(p) for p in people], "corpus": documents,
             "qa": [{"id": f"q{i:05d}", **q} for i, q in enumerate(asked)],
             "qa_train": [{"id": f"t{i:05d}", **q} for i, q in enumerate(shown)],
             "cloze": stories(people, config.stories, rng),
-            # its own generator: the files above stay what they were before this task existed
-            "fact_choice": fact_choices(people[len(in_text):], people, places, config,
-                                        random.Random(f"fact_choice-{config.seed}"))}
+            "fact_choice": choices, "fact_control": fact_controls(choices)}
 
 
 def write_world(config: WorldConfig, output_dir: str | Path) -> dict:
     """``facts.jsonl``, ``corpus.jsonl`` (text documents), ``qa.jsonl`` (the evaluation's
     questions), ``qa_train.jsonl`` (those answered in the text), ``cloze.jsonl``, ``fact_choice.jsonl``
-    (the asked people's facts as likelihood items) and ``world.json``
+    (the asked people's facts as likelihood items), ``fact_control.jsonl`` (the same after other
+    people's openings) and ``world.json``
     (the config and counts), each written atomically; returns the counts."""
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
