@@ -31,13 +31,12 @@ def mapping_curve(metrics_jsonl: Path, window: int = 500) -> list[dict]:
     itself, and the two losses of a pair are equal; the arms of the ablation only differ in what
     speech means once the first of a pair falls clearly below the second. A resumed run's repeated
     steps count once (the newest record)."""
-    steps = {r["step"]: r for r in _records(metrics_jsonl)
-             if r.get("split", "train") == "train" and r.get("source_target_losses")}
-    ordered, rows = [steps[s] for s in sorted(steps)], []
-    for start in range(0, max(steps, default=0), window):
-        block = [r for r in ordered if start < r["step"] <= start + window]
-        if not block:
-            continue
+    blocks: dict[int, list[dict]] = {}
+    for r in _train_steps(_records(metrics_jsonl)):
+        if r.get("source_target_losses"):
+            blocks.setdefault((r["step"] - 1) // window, []).append(r)
+    rows = []
+    for block in blocks.values():
         row = {"first_step": block[0]["step"], "last_step": block[-1]["step"]}
         for name, (source, target) in MAPPING.items():
             values = [v for r in block if (v := r["source_target_losses"].get(source, {}).get(target)) is not None]
@@ -59,17 +58,21 @@ def _records(metrics_jsonl: Path) -> list[dict]:
     return [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()]
 
 
+def _train_steps(records: list[dict]) -> list[dict]:
+    """The training records by step, each step's newest (a resumed run appends its steps again)."""
+    steps = {r["step"]: r for r in records if r.get("split", "train") == "train"}
+    return [steps[s] for s in sorted(steps)]
+
+
 def training_figures(metrics_jsonl: Path) -> dict:
     """Loss and per-source losses, averaged over the last fifth of the steps (one step is noisy, and
     holds only some sources), and the last validation loss where the run validated."""
     lines = _records(metrics_jsonl)
-    records = [r for r in lines if r.get("split", "train") == "train"]
+    records = _train_steps(lines)
     if not records:
         raise ValueError(f"{metrics_jsonl}: no training steps recorded")
     last_step = records[-1]["step"]
     tail = [r for r in records if r["step"] > last_step - max(1, last_step // 5)]
-    # a resumed run appends again: keep each step's newest record
-    tail = list({r["step"]: r for r in tail}.values())
     figures = {"steps": last_step, "loss": statistics.fmean(r["loss"] for r in tail)}
     for name in dict.fromkeys(n for r in tail for n in r.get("source_losses", {})):
         values = [r["source_losses"][name] for r in tail if r["source_losses"].get(name) is not None]

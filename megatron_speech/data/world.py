@@ -230,15 +230,15 @@ def fact_controls(choices: list[dict]) -> list[dict]:
     by_kind: dict[str, list[dict]] = {}
     for item in choices:
         by_kind.setdefault(item["fact"], []).append(item)
-    out = []
-    for item in choices:
-        kind = by_kind[item["fact"]]
-        start = kind.index(item)
-        others = [kind[(start + k) % len(kind)] for k in range(1, len(kind))] or [item]
-        donor = next((o for o in others if not {o["candidates"][o["answer"]], o["person"]} & set(item["candidates"])),
-                     others[0])
-        out.append({**item, "id": f"c{item['id'][1:]}", "context": donor["context"], "context_person": donor["person"]})
-    return out
+    controls: dict[str, dict] = {}
+    for kind in by_kind.values():
+        for position, item in enumerate(kind):
+            others = kind[position + 1:] + kind[:position] or [item]  # the next people first, round
+            donor = next((o for o in others if not {o["candidates"][o["answer"]], o["person"]} & set(item["candidates"])),
+                         others[0])
+            controls[item["id"]] = {**item, "id": f"c{item['id'][1:]}", "context": donor["context"],
+                                    "context_person": donor["person"]}
+    return [controls[item["id"]] for item in choices]
 
 
 # ---- StoryCloze-like stories --------------------------------------------------------------------
