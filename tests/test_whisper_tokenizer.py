@@ -271,6 +271,38 @@ def test_training_lowers_the_asr_loss_and_leaves_frozen_layers_alone(hf_folder):
     assert float(model.net.position_count.sum()) > 0
 
 
+def test_freezing_fewer_layers_lets_the_asr_loss_shape_the_layer_under_the_quantizer(hf_folder):
+    """``freeze.encoder_layers: 2`` with pooling after layer 2 and the quantizer after layer 3: layer 2
+    (at the token rate, under the quantizer) learns through the straight-through gradient, the two
+    below it stay as pretrained; a setting that contradicts ``below_quantizer`` is refused."""
+    from omegaconf import OmegaConf
+
+    from megatron_speech.speech_tokenizer.whisper_model import WhisperSpeechTokenizerModel
+
+    cfg = _model_cfg(hf_folder, pooling_position=2, quantize_position=3)
+    cfg.freeze = OmegaConf.create({"encoder_layers": 2})
+    model = WhisperSpeechTokenizerModel(cfg)
+    model.train()
+    audio, lengths = _audio([1.0, 0.8], seed=9)
+    ids = [model.text_units(t) for t in ("hello there", "a test")]
+    padded = torch.zeros(2, max(map(len, ids)), dtype=torch.long)
+    for i, row in enumerate(ids):
+        padded[i, : len(row)] = torch.tensor(row)
+    batch = (audio, lengths, padded, torch.tensor([len(r) for r in ids]))
+    layers = model.net.encoder.layers
+    frozen, under = layers[1].fc1.weight.clone(), layers[2].fc1.weight.clone()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    asr, vq, _, _ = model._loss(batch)
+    (asr + vq.commitment_loss).backward()
+    optimizer.step()
+    assert torch.equal(layers[1].fc1.weight, frozen) and layers[1].fc1.weight.grad is None
+    assert not torch.equal(layers[2].fc1.weight, under)
+
+    cfg.freeze = OmegaConf.create({"encoder_layers": 2, "below_quantizer": True})
+    with pytest.raises(ValueError, match="disagree"):
+        WhisperSpeechTokenizerModel(cfg)
+
+
 def test_bad_audio_gets_the_tokenizing_jobs_clear_error(hf_folder, tmp_path):
     import numpy as np
 

@@ -5,7 +5,7 @@ encoder (``whisper_vq.WhisperVQ``); the layers after the quantizer and Whisper's
 transcribe from the tokens (teacher-forced cross entropy on the transcript in Whisper's tokenizer),
 so the tokens keep the words, and the encoder below the quantizer already knows speech from
 Whisper's pre-training. ``freeze.below_quantizer`` keeps that part as pretrained (and makes a step
-cheaper), ``freeze.decoder`` the decoder.
+cheaper), ``freeze.encoder_layers`` only its lowest layers, ``freeze.decoder`` the decoder.
 
 Where the weights come from (``model.whisper.pretrained``): a Hugging Face Whisper folder
 (``config.json`` + safetensors, the ``openai/whisper-*`` layout), a CTranslate2 Whisper folder
@@ -111,8 +111,9 @@ class WhisperSpeechTokenizerModel(ModelPT):
         if state is not None:
             self.net.load_whisper_state(state, str(cfg.whisper.pretrained))
         freeze = cfg.get("freeze") or {}
-        self.frozen_below = bool(freeze.get("below_quantizer"))
-        frozen = self.net.frozen_parts(self.frozen_below, bool(freeze.get("decoder")), bool(freeze.get("token_embeddings")))
+        frozen_layers = frozen_encoder_layers(freeze, self.settings.quantize_position)
+        self.frozen_below = frozen_layers >= self.settings.quantize_position  # nothing below the tokens learns
+        frozen = self.net.frozen_parts(frozen_layers, bool(freeze.get("decoder")), bool(freeze.get("token_embeddings")))
         for part in frozen:
             part.requires_grad_(False)
         self.feature_extractor = _feature_extractor(whisper_config.num_mel_bins)
@@ -267,6 +268,20 @@ class WhisperSpeechTokenizerModel(ModelPT):
     @classmethod
     def list_available_models(cls):
         return None  # nothing is downloaded: the pretrained Whisper is a local folder
+
+
+def frozen_encoder_layers(freeze, quantize_position: int) -> int:
+    """How many of the lowest encoder layers (with the convolution front end) stay as pretrained.
+    ``below_quantizer: true`` is all of them under the quantizer: the tokens are then clusters of
+    pretrained frames that the ASR loss never shapes. ``encoder_layers: N`` freezes fewer, so the
+    layers between them and the quantizer learn what the tokens keep (GLM-4-Voice trains them all)."""
+    below, layers = bool(freeze.get("below_quantizer")), freeze.get("encoder_layers")
+    if layers is None:
+        return quantize_position if below else 0
+    if below and int(layers) != quantize_position:
+        raise ValueError(f"freeze.below_quantizer (the {quantize_position} layers under the quantizer) and "
+                         f"freeze.encoder_layers {layers} disagree: set one of them")
+    return int(layers)
 
 
 def _feature_extractor(num_mel_bins: int):

@@ -303,12 +303,16 @@ class WhisperVQ(nn.Module):
 
     # ------------------------------------------------------------------ weights
 
-    def frozen_parts(self, below_quantizer: bool, decoder: bool, token_embeddings: bool = False) -> list[nn.Module]:
-        """The modules the ``freeze`` options keep as pretrained. ``token_embeddings``: the decoder's
-        (tied) vocabulary table, most of a small Whisper's weights (51,864 x 384 for tiny.en)."""
+    def frozen_parts(self, encoder_layers: int, decoder: bool, token_embeddings: bool = False) -> list[nn.Module]:
+        """The modules the ``freeze`` options keep as pretrained: the convolution front end and the
+        lowest ``encoder_layers`` layers (0: none; ``quantize_position``: all below the quantizer),
+        the decoder, and ``token_embeddings``: the decoder's (tied) vocabulary table, most of a small
+        Whisper's weights (51,864 x 384 for tiny.en)."""
+        if not 0 <= encoder_layers <= len(self.encoder.layers):
+            raise ValueError(f"freeze.encoder_layers {encoder_layers}: the encoder has {len(self.encoder.layers)} layers")
         parts: list[nn.Module] = []
-        if below_quantizer:
-            parts += [self.encoder.conv1, self.encoder.conv2, *self.encoder.layers[: self.settings.quantize_position]]
+        if encoder_layers:
+            parts += [self.encoder.conv1, self.encoder.conv2, *self.encoder.layers[:encoder_layers]]
         if self.decoder is not None:
             if decoder:
                 parts.append(self.decoder)
