@@ -65,9 +65,14 @@ def test_the_tiny_preset_runs_every_stage_and_resumes_after_a_kill(tmp_path):
     assert [s["layout"] for s in warmup["data"]["sources"]] == sources["A"]
     assert warmup["init"]["hf_checkpoint"] == str(work / "text_lm" / "hf")
     assert (work / "speech_warmup" / "checkpoints" / "latest").exists()
+    preset = _yaml(Path("examples/mini/presets.yaml"))["tiny"]["lm"]
+    assert warmup["optim"] == preset["optim"]
     for arm in ("A", "B"):
-        init = _yaml(work / "configs" / f"pretrain_{arm}_seed0.yaml")["init"]
-        assert init == {"megatron_checkpoint": str(work / "speech_warmup" / "checkpoints")}
+        config = _yaml(work / "configs" / f"pretrain_{arm}_seed0.yaml")
+        assert config["init"] == {"megatron_checkpoint": str(work / "speech_warmup" / "checkpoints")}
+        # ...and go on at the warm-up's final learning rate instead of climbing to its peak again
+        assert config["optim"] == {**preset["optim"], **preset["optim_after_warmup"]}
+        assert config["optim"]["lr"] <= preset["optim"]["min_lr"]
 
     report = json.loads((work / "report.json").read_text())
     assert set(report["stages"]) == {p.stem for p in (work / "stages").glob("*.json")}

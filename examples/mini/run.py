@@ -318,8 +318,18 @@ class Recipe:
             return {"megatron_checkpoint": str(self.w("speech_warmup", "checkpoints"))}
         return {"hf_checkpoint": str(self.w("text_lm", "hf")), "seed": seed}
 
+    def arm_section(self) -> dict:
+        """The arms' model/optim/schedule. After a warm-up the arms take ``lm.optim_after_warmup``
+        over ``lm.optim``: restarting the warm-up's schedule (up to the peak learning rate again)
+        undid part of what the warm-up had learned (README, session 29)."""
+        section = self.p["lm"]
+        after = section.get("optim_after_warmup")
+        if self.warmup_steps and after:
+            return {**section, "optim": {**section["optim"], **after}}
+        return section
+
     def speech_text_pretrain(self, arm: str, seed: int) -> dict:
-        section, name = self.p["lm"], f"arms/{arm}_seed{seed}"
+        section, name = self.arm_section(), f"arms/{arm}_seed{seed}"
         config = self.training_config(name, self.w("lm_tokenizer"), self.arm_sources(arm), section["speech_text_steps"],
                                       section, section["seq_length"], seed, init=self.arm_init(seed))
         self.pretrain(config, f"pretrain_{arm}_seed{seed}")
