@@ -244,17 +244,22 @@ def test_cached_greedy_decoding_equals_recomputing_everything(hf_folder):
 # ---- training -------------------------------------------------------------------------------------
 
 
+def _transcribed_batch(model, seed: int):
+    """Two clips of noise with transcripts: a training batch as the Lhotse loader gives it."""
+    audio, lengths = _audio([1.0, 0.8], seed=seed)
+    ids = [model.text_units(t) for t in ("hello there", "a test")]
+    padded = torch.zeros(2, max(map(len, ids)), dtype=torch.long)
+    for i, row in enumerate(ids):
+        padded[i, : len(row)] = torch.tensor(row)
+    return audio, lengths, padded, torch.tensor([len(r) for r in ids])
+
+
 def test_training_lowers_the_asr_loss_and_leaves_frozen_layers_alone(hf_folder):
     from megatron_speech.speech_tokenizer.whisper_model import WhisperSpeechTokenizerModel
 
     model = WhisperSpeechTokenizerModel(_model_cfg(hf_folder, quantize_position_centering=True))
     model.train()
-    audio, lengths = _audio([1.0, 0.8], seed=8)
-    ids = [model.text_units(t) for t in ("hello there", "a test")]
-    padded = torch.zeros(2, max(map(len, ids)), dtype=torch.long)
-    for i, row in enumerate(ids):
-        padded[i, : len(row)] = torch.tensor(row)
-    batch = (audio, lengths, padded, torch.tensor([len(r) for r in ids]))
+    batch = _transcribed_batch(model, seed=8)
     frozen = model.net.encoder.layers[0].fc1.weight.clone()
     above = model.net.encoder.layers[3].fc1.weight.clone()
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
@@ -272,9 +277,9 @@ def test_training_lowers_the_asr_loss_and_leaves_frozen_layers_alone(hf_folder):
 
 
 def test_freezing_fewer_layers_lets_the_asr_loss_shape_the_layer_under_the_quantizer(hf_folder):
-    """``freeze.encoder_layers: 2`` with pooling after layer 2 and the quantizer after layer 3: layer 2
-    (at the token rate, under the quantizer) learns through the straight-through gradient, the two
-    below it stay as pretrained; a setting that contradicts ``below_quantizer`` is refused."""
+    """``freeze.encoder_layers: 2`` with pooling after layer 2 of 4 and the quantizer after layer 3: the
+    third layer (at the token rate, under the quantizer) learns through the straight-through gradient,
+    the two below it stay as pretrained; a setting that contradicts ``below_quantizer`` is refused."""
     from omegaconf import OmegaConf
 
     from megatron_speech.speech_tokenizer.whisper_model import WhisperSpeechTokenizerModel
@@ -283,12 +288,7 @@ def test_freezing_fewer_layers_lets_the_asr_loss_shape_the_layer_under_the_quant
     cfg.freeze = OmegaConf.create({"encoder_layers": 2})
     model = WhisperSpeechTokenizerModel(cfg)
     model.train()
-    audio, lengths = _audio([1.0, 0.8], seed=9)
-    ids = [model.text_units(t) for t in ("hello there", "a test")]
-    padded = torch.zeros(2, max(map(len, ids)), dtype=torch.long)
-    for i, row in enumerate(ids):
-        padded[i, : len(row)] = torch.tensor(row)
-    batch = (audio, lengths, padded, torch.tensor([len(r) for r in ids]))
+    batch = _transcribed_batch(model, seed=9)
     layers = model.net.encoder.layers
     frozen, under = layers[1].fc1.weight.clone(), layers[2].fc1.weight.clone()
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
