@@ -303,6 +303,22 @@ def test_freezing_fewer_layers_lets_the_asr_loss_shape_the_layer_under_the_quant
         WhisperSpeechTokenizerModel(cfg)
 
 
+def test_freezing_the_convolutions_alone_lets_every_layer_learn(hf_folder):
+    """``freeze.convolutions: true`` with ``encoder_layers: 0``: the front end stays as pretrained and
+    the first layer learns; without it the front end learns too."""
+    from omegaconf import OmegaConf
+
+    from megatron_speech.speech_tokenizer.whisper_model import WhisperSpeechTokenizerModel
+
+    cfg = _model_cfg(hf_folder, pooling_position=2, quantize_position=3)
+    for convolutions in (True, False):
+        cfg.freeze = OmegaConf.create({"encoder_layers": 0, "convolutions": convolutions})
+        model = WhisperSpeechTokenizerModel(cfg)
+        assert model.net.encoder.conv1.weight.requires_grad is not convolutions
+        assert model.net.encoder.conv2.weight.requires_grad is not convolutions
+        assert all(p.requires_grad for p in model.net.encoder.layers[0].parameters())
+
+
 def test_bad_audio_gets_the_tokenizing_jobs_clear_error(hf_folder, tmp_path):
     import numpy as np
 

@@ -5,7 +5,8 @@ encoder (``whisper_vq.WhisperVQ``); the layers after the quantizer and Whisper's
 transcribe from the tokens (teacher-forced cross entropy on the transcript in Whisper's tokenizer),
 so the tokens keep the words, and the encoder below the quantizer already knows speech from
 Whisper's pre-training. ``freeze.below_quantizer`` keeps that part as pretrained (and makes a step
-cheaper), ``freeze.encoder_layers`` only its lowest layers, ``freeze.decoder`` the decoder.
+cheaper), ``freeze.encoder_layers`` only its lowest layers, ``freeze.convolutions`` only the front
+end, ``freeze.decoder`` the decoder.
 
 Where the weights come from (``model.whisper.pretrained``): a Hugging Face Whisper folder
 (``config.json`` + safetensors, the ``openai/whisper-*`` layout), a CTranslate2 Whisper folder
@@ -113,7 +114,8 @@ class WhisperSpeechTokenizerModel(ModelPT):
         freeze = cfg.get("freeze") or {}
         frozen_layers = frozen_encoder_layers(freeze, self.settings.quantize_position)
         self.frozen_below = frozen_layers >= self.settings.quantize_position  # nothing below the tokens learns
-        frozen = self.net.frozen_parts(frozen_layers, bool(freeze.get("decoder")), bool(freeze.get("token_embeddings")))
+        frozen = self.net.frozen_parts(frozen_layers, bool(freeze.get("decoder")), bool(freeze.get("token_embeddings")),
+                                       bool(freeze.get("convolutions")))
         for part in frozen:
             part.requires_grad_(False)
         self.feature_extractor = _feature_extractor(whisper_config.num_mel_bins)

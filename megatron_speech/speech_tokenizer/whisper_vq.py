@@ -303,15 +303,17 @@ class WhisperVQ(nn.Module):
 
     # ------------------------------------------------------------------ weights
 
-    def frozen_parts(self, encoder_layers: int, decoder: bool, token_embeddings: bool = False) -> list[nn.Module]:
+    def frozen_parts(self, encoder_layers: int, decoder: bool, token_embeddings: bool = False,
+                     convolutions: bool = False) -> list[nn.Module]:
         """The modules the ``freeze`` options keep as pretrained: the convolution front end and the
         lowest ``encoder_layers`` layers (0: none; ``quantize_position``: all below the quantizer),
-        the decoder, and ``token_embeddings``: the decoder's (tied) vocabulary table, most of a small
-        Whisper's weights (51,864 x 384 for tiny.en)."""
+        the front end alone with ``convolutions`` (every layer learns, the 100 Hz convolutions' costly
+        backward is skipped), the decoder, and ``token_embeddings``: the decoder's (tied) vocabulary
+        table, most of a small Whisper's weights (51,864 x 384 for tiny.en)."""
         if not 0 <= encoder_layers <= len(self.encoder.layers):
             raise ValueError(f"freeze.encoder_layers {encoder_layers}: the encoder has {len(self.encoder.layers)} layers")
         parts: list[nn.Module] = []
-        if encoder_layers:
+        if encoder_layers or convolutions:
             parts += [self.encoder.conv1, self.encoder.conv2, *self.encoder.layers[:encoder_layers]]
         if self.decoder is not None:
             if decoder:
