@@ -303,6 +303,10 @@ def test_training_recipe_writes_a_checkpoint_and_its_report(tmp_path, units):
     assert report["steps"] == 3 and report["token_rate"] == 12.5
     assert not report["cut_short"] and "cut short" not in done.stderr
     assert report["versions"]["torch"] == torch.__version__ and report["versions"]["nemo-toolkit"]
+    # the held-out voice's dev set is validated beside the training voices' (the recipe's extra_sets)
+    (validation,) = report["validation"]
+    assert validation["step"] == 3 and {"val_wer", "val_wer_heldout_voice"} <= set(validation)
+    assert all(0 <= validation[k] for k in ("val_wer", "val_wer_heldout_voice", "val_loss_heldout_voice"))
     assert [r["manifest"] for r in report["results"]] == ["test.jsonl", "test_heldout_voice.jsonl"]
     assert all(r["utterances"] == 2 and 0 <= r["codebook_usage"] <= 1 for r in report["results"])
     test, heldout = report["results"]
@@ -319,6 +323,21 @@ def test_training_recipe_writes_a_checkpoint_and_its_report(tmp_path, units):
     assert again["perplexity"] == pytest.approx(heldout["perplexity"])  # the same tokens
     assert (tmp_path / "runs/tiny/tiny.nemo").stat().st_size > 0
     assert ("model_path" in (report["config"]["subwords"] or {})) == bool(units)
+
+
+def test_a_missing_extra_validation_set_is_named(small_corpus):
+    from types import SimpleNamespace
+
+    from megatron_speech.speech_tokenizer.loader import validation_loaders
+
+    model = SimpleNamespace(cfg=OmegaConf.create({"sample_rate": 16000}), global_rank=0, world_size=1)
+    cfg = OmegaConf.create({"manifest_filepath": str(small_corpus / "train.jsonl"), "batch_size": 2,
+                            "extra_sets": {"heldout_voice": "dev_of_nobody.jsonl"}})
+    with pytest.raises(FileNotFoundError, match="extra_sets.heldout_voice: no manifest .*dev_of_nobody.jsonl"):
+        validation_loaders(cfg, model, text_units=lambda text: [1])
+    cfg.extra_sets = {"again": str(small_corpus / "train.jsonl")}  # an absolute path, as it is
+    loaders, names = validation_loaders(cfg, model, text_units=lambda text: [1])
+    assert names == ["", "again"] and len(loaders) == 2
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@
 
 Writes <exp_dir>/<name>/<name>.nemo and <name>.eval.json (WER and CER on held-out sentences of the
 training voices and on the held-out voice, also per voice; codebook usage and perplexity, training
-time, library versions). tools/evaluate_speech_tokenizer.py does the evaluation alone, for any manifest.
+time, library versions, the validation figures by step). tools/evaluate_speech_tokenizer.py does the evaluation alone, for any manifest.
 """
 
 import time
@@ -49,6 +49,7 @@ def main(cfg: DictConfig) -> None:
     report = {"name": cfg.name, "model_type": cfg.get("model_type", "conformer"), "token_rate": model.token_rate, "train_minutes": round(minutes, 1),
               "epochs": trainer.current_epoch, "steps": trainer.global_step, "max_steps": max_steps,
               "cut_short": cut_short, "versions": nemo_runs.versions(),
+              "validation": model.validation_history,
               "results": [evaluate_manifest(model, corpus / f"{m}.jsonl") for m in ("test", "test_heldout_voice")],
               "config": OmegaConf.to_container(cfg.model, resolve=True)}
     atomic.write_json(out / f"{cfg.name}.eval.json", report)

@@ -1,6 +1,9 @@
-"""What both speech tokenizers share with Lightning: NeMo's Lhotse loader over a NeMo manifest, and the validation log."""
+"""What both speech tokenizers share with Lightning: NeMo's Lhotse loader over a NeMo manifest, the
+validation sets, and the validation log."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
@@ -25,12 +28,49 @@ def lhotse_loader(cfg: DictConfig, model, text_units):
                                              dataset=LhotseSpeechToTextBpeDataset(tokenizer=text_units))
 
 
+def validation_loaders(cfg: DictConfig | None, model, text_units) -> tuple[list, list[str]]:
+    """Loaders of the validation set and of each of ``extra_sets`` (name -> manifest), with their names.
+
+    Training chose its schedule by the training voices' dev set alone, which hid that longer runs lose
+    the held-out voice (README); ``extra_sets: {heldout_voice: dev_heldout_voice.jsonl}`` (beside the
+    validation manifest unless absolute) puts that voice's curve beside it (``val_wer_heldout_voice``)
+    without touching its test set."""
+    if not cfg or not cfg.get("manifest_filepath"):
+        return [], []
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        extra = dict(cfg.pop("extra_sets", None) or {})
+    loaders, names = [lhotse_loader(cfg, model, text_units)], [""]
+    for name, manifest in extra.items():
+        path = Path(cfg.manifest_filepath).parent / str(manifest)  # an absolute path stays as it is
+        if not path.is_file():
+            raise FileNotFoundError(f"validation_ds.extra_sets.{name}: no manifest {path}")
+        one = cfg.copy()
+        with open_dict(one):
+            one.manifest_filepath = str(path)
+        loaders.append(lhotse_loader(one, model, text_units))
+        names.append(str(name))
+    return loaders, names
+
+
 def log_validation(model) -> None:
-    """Mean validation loss and WER of the steps' outputs (``model.validation_step_outputs``), logged."""
+    """Mean validation loss and WER of each validation set, logged (``val_wer``, ``val_wer_<name>``) and kept
+    by step in ``model.validation_history`` for the training report. The steps' outputs are dicts with
+    ``val_loss``, ``wer`` and ``set`` (the dataloader index) in ``model.validation_step_outputs``."""
     import torch
 
-    outputs = model.validation_step_outputs
-    if outputs:
-        model.log("val_loss", torch.stack([o["val_loss"] for o in outputs]).mean(), prog_bar=True)
-        model.log("val_wer", sum(o["wer"] for o in outputs) / len(outputs), prog_bar=True)
+    outputs, names = model.validation_step_outputs, getattr(model, "validation_set_names", None) or [""]
+    record = {"step": int(model.trainer.global_step)} if model._trainer is not None else {}
+    for index, name in enumerate(names):
+        mine = [o for o in outputs if o.get("set", 0) == index]
+        if not mine:
+            continue
+        suffix = f"_{name}" if name else ""
+        loss = torch.stack([o["val_loss"] for o in mine]).mean()
+        wer = sum(o["wer"] for o in mine) / len(mine)
+        model.log(f"val_loss{suffix}", loss, prog_bar=not name)
+        model.log(f"val_wer{suffix}", wer, prog_bar=True)
+        record.update({f"val_loss{suffix}": round(float(loss), 4), f"val_wer{suffix}": round(float(wer), 4)})
+    if outputs and model._trainer is not None and not model.trainer.sanity_checking:
+        model.validation_history.append(record)
     outputs.clear()

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, open_dict
 from nemo.core import ModelPT
 from nemo.core.classes import common as nemo_common
 
-from megatron_speech.speech_tokenizer.loader import lhotse_loader, log_validation
+from megatron_speech.speech_tokenizer.loader import lhotse_loader, log_validation, validation_loaders
 from megatron_speech.speech_tokenizer.quantizer import VectorQuantizerEMA
 
 # NeMo instantiates `_target_`s from a .nemo file only under approved module prefixes (and only
@@ -74,6 +74,7 @@ class SpeechTokenizerModel(ModelPT):
         self.ctc_head = torch.nn.Linear(cfg.post_encoder.d_model, self.upsample * self.num_classes)
         self.ctc_loss = torch.nn.CTCLoss(blank=self.blank, zero_infinity=True)
         self.validation_step_outputs: list[dict] = []
+        self.validation_history: list[dict] = []  # per validation: step, val_loss, val_wer (and per extra set)
 
     def _text_units(self, cfg: DictConfig):
         """What the CTC head spells: a SentencePiece model (a NeMo tokenizer) or NeMo's character parser."""
@@ -175,6 +176,7 @@ class SpeechTokenizerModel(ModelPT):
         hyps = self.greedy_decode(log_probs, lengths)
         refs = [self.text_units.ids_to_text(t[:n].tolist()) for t, n in zip(targets, target_lengths.tolist())]
         output = {"val_loss": ctc.detach(), "wer": word_error_rate(hyps, refs)}
+        output["set"] = dataloader_idx
         self.validation_step_outputs.append(output)
         return output
 
@@ -190,7 +192,7 @@ class SpeechTokenizerModel(ModelPT):
         self._train_dl = self._loader(cfg) if cfg and cfg.get("manifest_filepath") else None
 
     def setup_validation_data(self, cfg: DictConfig) -> None:
-        self._validation_dl = self._loader(cfg) if cfg and cfg.get("manifest_filepath") else None
+        self._validation_dl, self.validation_set_names = validation_loaders(cfg, self, self.text_units)
 
     @classmethod
     def list_available_models(cls):

@@ -34,7 +34,7 @@ from nemo.core.classes import common as nemo_common
 
 from megatron_speech.config_loader import build
 from megatron_speech.speech.text import normalize_text
-from megatron_speech.speech_tokenizer.loader import lhotse_loader, log_validation
+from megatron_speech.speech_tokenizer.loader import lhotse_loader, log_validation, validation_loaders
 from megatron_speech.speech_tokenizer.whisper_vq import HOP_SAMPLES, WhisperVQ, WhisperVQSettings, mel_frames
 
 if "megatron_speech.speech_tokenizer." not in nemo_common.ALLOWED_TARGET_PREFIXES:
@@ -120,6 +120,7 @@ class WhisperSpeechTokenizerModel(ModelPT):
             part.requires_grad_(False)
         self.feature_extractor = _feature_extractor(whisper_config.num_mel_bins)
         self.validation_step_outputs: list[dict] = []
+        self.validation_history: list[dict] = []  # per validation: step, val_loss, val_wer (and per extra set)
 
     @staticmethod
     def _read_source(cfg: DictConfig):
@@ -255,6 +256,7 @@ class WhisperSpeechTokenizerModel(ModelPT):
         hyps = self._greedy(memory, valid)
         refs = [normalize_text(self.text_units.ids_to_text(t[:n].tolist())) for t, n in zip(batch[2], batch[3].tolist())]
         output = {"val_loss": asr.detach(), "wer": word_error_rate(hyps, refs)}
+        output["set"] = dataloader_idx
         self.validation_step_outputs.append(output)
         return output
 
@@ -265,7 +267,7 @@ class WhisperSpeechTokenizerModel(ModelPT):
         self._train_dl = lhotse_loader(cfg, self, self.text_units) if cfg and cfg.get("manifest_filepath") else None
 
     def setup_validation_data(self, cfg: DictConfig) -> None:
-        self._validation_dl = lhotse_loader(cfg, self, self.text_units) if cfg and cfg.get("manifest_filepath") else None
+        self._validation_dl, self.validation_set_names = validation_loaders(cfg, self, self.text_units)
 
     @classmethod
     def list_available_models(cls):
