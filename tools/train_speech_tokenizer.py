@@ -7,7 +7,8 @@
 
 Writes <exp_dir>/<name>/<name>.nemo and <name>.eval.json (WER and CER on held-out sentences of the
 training voices and on the held-out voice, also per voice; codebook usage and perplexity, training
-time, library versions, the validation figures by step). tools/evaluate_speech_tokenizer.py does the evaluation alone, for any manifest.
+time, library versions, the validation figures by step). tools/evaluate_speech_tokenizer.py does the
+evaluation alone, for any manifest.
 """
 
 import time

@@ -175,8 +175,7 @@ class SpeechTokenizerModel(ModelPT):
         targets, target_lengths = batch[2], batch[3]
         hyps = self.greedy_decode(log_probs, lengths)
         refs = [self.text_units.ids_to_text(t[:n].tolist()) for t, n in zip(targets, target_lengths.tolist())]
-        output = {"val_loss": ctc.detach(), "wer": word_error_rate(hyps, refs)}
-        output["set"] = dataloader_idx
+        output = {"val_loss": ctc.detach(), "wer": word_error_rate(hyps, refs), "set": dataloader_idx}
         self.validation_step_outputs.append(output)
         return output
 

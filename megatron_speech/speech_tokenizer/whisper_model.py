@@ -255,8 +255,7 @@ class WhisperSpeechTokenizerModel(ModelPT):
         asr, _, memory, valid = self._loss(batch)
         hyps = self._greedy(memory, valid)
         refs = [normalize_text(self.text_units.ids_to_text(t[:n].tolist())) for t, n in zip(batch[2], batch[3].tolist())]
-        output = {"val_loss": asr.detach(), "wer": word_error_rate(hyps, refs)}
-        output["set"] = dataloader_idx
+        output = {"val_loss": asr.detach(), "wer": word_error_rate(hyps, refs), "set": dataloader_idx}
         self.validation_step_outputs.append(output)
         return output
 
