@@ -1,9 +1,35 @@
-"""What the NeMo recipes (speech tokenizer, speech decoder) share around ``trainer.fit``: the
-library versions beside the figures, and the loud warning when the time guard cut a schedule short."""
+"""What the NeMo recipes (speech tokenizer, speech decoder) share around ``trainer.fit``: one writer
+a run folder, resuming from its newest checkpoint, the library versions beside the figures, and the loud warning when the time guard cut a schedule short."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from megatron_speech import jobs
+
+@contextlib.contextmanager
+def run_folder(out: Path) -> Iterator[str | None]:
+    """Hold ``out`` as this run's (a second run on the same folder is refused at once, naming the
+    holder) and give the newest Lightning checkpoint under ``out/checkpoints`` to resume from, or None.
+    Two runs writing one folder would interleave checkpoints and overwrite each other's ``.nemo``."""
+    held = contextlib.ExitStack()
+    try:
+        held.enter_context(jobs.exclusive_lock(out / ".lock", f"run folder {out} is in use"))
+    except jobs.JobError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    with held:
+        resume = newest_checkpoint(out / "checkpoints")
+        if resume:
+            print(f"resuming from {resume}", flush=True)
+        yield resume
+
+
+def newest_checkpoint(folder: Path) -> str | None:
+    found = sorted(folder.glob("**/*.ckpt"), key=lambda p: p.stat().st_mtime)
+    return str(found[-1]) if found else None
 
 
 def versions() -> dict[str, str]:

@@ -330,7 +330,8 @@ def test_the_training_tool_writes_a_nemo_and_its_record_and_resumes(pairs, tmp_p
     assert (tmp_path / "tiny" / "tiny.nemo").is_file()
     longer = subprocess.run([*tool, "trainer.max_steps=6"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert longer.returncode == 0 and "resuming from" in longer.stdout, longer.stderr[-4000:]
-    assert json.loads((tmp_path / "tiny" / "tiny.train.json").read_text())["steps"] == 6
+    record = json.loads((tmp_path / "tiny" / "tiny.train.json").read_text())
+    assert record["steps"] == 6 and record["resumed_from"].endswith("step=4.ckpt")
 
 
 

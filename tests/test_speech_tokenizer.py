@@ -323,6 +323,52 @@ def test_training_recipe_writes_a_checkpoint_and_its_report(tmp_path, units):
     assert again["perplexity"] == pytest.approx(heldout["perplexity"])  # the same tokens
     assert (tmp_path / "runs/tiny/tiny.nemo").stat().st_size > 0
     assert ("model_path" in (report["config"]["subwords"] or {})) == bool(units)
+    if units:
+        return
+    # a rerun resumes from the newest checkpoint, and the report keeps the validation made before it
+    longer = subprocess.run([sys.executable, str(tool), "--config-name", "mini", *tiny, "trainer.max_steps=5"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert longer.returncode == 0 and "resuming from" in longer.stdout, longer.stderr[-4000:]
+    resumed = json.loads((tmp_path / "runs/tiny/tiny.eval.json").read_text())
+    assert resumed["steps"] == 5 and resumed["resumed_from"].endswith("step=3.ckpt")
+    assert resumed["validation"][0] == validation
+
+
+@pytest.mark.parametrize("model_class", ["conformer", "whisper_vq"])
+def test_the_validations_so_far_travel_in_a_checkpoint(model_class):
+    """A resumed run's report covers the whole schedule: both tokenizer models keep their validation
+    history in the Lightning checkpoint and take it back from one."""
+    from types import SimpleNamespace
+
+    from megatron_speech.speech_tokenizer.load import model_class as resolve
+
+    cls = resolve(model_class)
+    before = SimpleNamespace(validation_history=[{"step": 550, "val_wer": 0.4}])
+    checkpoint: dict = {}
+    cls.on_save_checkpoint(before, checkpoint)
+    after = SimpleNamespace(validation_history=[])
+    cls.on_load_checkpoint(after, checkpoint)
+    assert after.validation_history == [{"step": 550, "val_wer": 0.4}]
+
+
+def test_a_run_folder_has_one_writer_and_resumes_from_its_newest_checkpoint(tmp_path, capsys):
+    import os
+
+    from megatron_speech import nemo_runs
+
+    out = tmp_path / "run"
+    with nemo_runs.run_folder(out) as resume:
+        assert resume is None
+        with pytest.raises(SystemExit, match=f"run folder {out} is in use"):
+            with nemo_runs.run_folder(out):
+                pass
+    (out / "checkpoints").mkdir()
+    for step, mtime in ((550, 100), (1100, 200)):
+        (out / "checkpoints" / f"step={step}.ckpt").write_bytes(b"")
+        os.utime(out / "checkpoints" / f"step={step}.ckpt", (mtime, mtime))
+    with nemo_runs.run_folder(out) as resume:  # the lock is free again once its holder is done
+        assert resume == str(out / "checkpoints" / "step=1100.ckpt")
+    assert "resuming from" in capsys.readouterr().out
 
 
 def test_a_missing_extra_validation_set_is_named(small_corpus):

@@ -9,7 +9,8 @@ model, or the HiFi-GAN vocoder of the full recipe (a config with ``model.generat
 
 Writes <exp_dir>/<name>/<name>.nemo and <name>.train.json (steps, minutes, whether the time guard
 cut the schedule short, the last validation mel L1, library versions). A rerun resumes from the
-newest Lightning checkpoint in <exp_dir>/<name>/checkpoints/; with no checkpoint there,
+newest Lightning checkpoint in <exp_dir>/<name>/checkpoints/ (``resumed_from`` in the record; the
+minutes are this run's); a second run on the same folder is refused. With no checkpoint there,
 ``init_from_nemo_model`` starts from another decoder's weights (e.g. an L1 model, to add the adversarial
 term to it). Griffin-Lim, the mini vocoder, needs no
 training; tools/decode_speech.py turns tokens into audio with either vocoder.
@@ -30,21 +31,17 @@ from megatron_speech.speech_decoder.vocoder import hifigan_model_config
 CONF = str(Path(__file__).resolve().parents[1] / "examples" / "speech_decoder" / "conf")
 
 
-def newest_checkpoint(folder: Path) -> str | None:
-    found = sorted(folder.glob("**/*.ckpt"), key=lambda p: p.stat().st_mtime)
-    return str(found[-1]) if found else None
-
-
 @hydra_runner(config_path=CONF, config_name="mini")
 def main(cfg: DictConfig) -> None:
     out = Path(cfg.exp_manager.exp_dir) / cfg.name
-    out.mkdir(parents=True, exist_ok=True)
+    with nemo_runs.run_folder(out) as resume:
+        train(cfg, out, resume)
+
+
+def train(cfg: DictConfig, out: Path, resume: str | None) -> None:
     trainer = pl.Trainer(**trainer_settings(cfg), default_root_dir=str(out))
     model = build_model(cfg.model, trainer)
-    resume = newest_checkpoint(out / "checkpoints")
-    if resume:
-        print(f"resuming from {resume}", flush=True)
-    elif cfg.get("init_from_nemo_model"):
+    if not resume and cfg.get("init_from_nemo_model"):
         print(f"starting from the weights of {cfg.init_from_nemo_model}", flush=True)
         model.maybe_init_from_pretrained_checkpoint(cfg)
     start = time.perf_counter()
@@ -55,7 +52,7 @@ def main(cfg: DictConfig) -> None:
     cut_short = nemo_runs.cut_short(trainer, max_steps)
     vocoder = "generator" in cfg.model
     val = trainer.callback_metrics.get("val_loss" if vocoder else "val_mel_l1")
-    report = {"name": cfg.name, "model": "hifigan" if vocoder else model.net_settings.head,
+    report = {"name": cfg.name, "model": "hifigan" if vocoder else model.net_settings.head, "resumed_from": resume,
               "train_minutes": round(minutes, 1), "steps": trainer.global_step, "max_steps": max_steps,
               "cut_short": cut_short, "val_mel_l1": None if val is None else float(val),
               "parameters": sum(p.numel() for p in (model.generator if vocoder else model.net).parameters()),

@@ -7,8 +7,10 @@
 
 Writes <exp_dir>/<name>/<name>.nemo and <name>.eval.json (WER and CER on held-out sentences of the
 training voices and on the held-out voice, also per voice; codebook usage and perplexity, training
-time, library versions, the validation figures by step). tools/evaluate_speech_tokenizer.py does the
-evaluation alone, for any manifest.
+time, library versions, the validation figures by step). A rerun resumes from the newest Lightning
+checkpoint in <exp_dir>/<name>/checkpoints/ (the validations before it come with it; ``resumed_from`` in
+the report, whose minutes are this run's); a second run on the same folder is refused.
+tools/evaluate_speech_tokenizer.py does the evaluation alone, for any manifest.
 """
 
 import time
@@ -30,7 +32,11 @@ CONF = str(Path(__file__).resolve().parents[1] / "examples" / "speech_tokenizer"
 @hydra_runner(config_path=CONF, config_name="whisper_mini")
 def main(cfg: DictConfig) -> None:
     out = Path(cfg.exp_manager.exp_dir) / cfg.name
-    out.mkdir(parents=True, exist_ok=True)
+    with nemo_runs.run_folder(out) as resume:
+        train(cfg, out, resume)
+
+
+def train(cfg: DictConfig, out: Path, resume: str | None) -> None:
     subwords = cfg.model.get("subwords")
     if subwords and not subwords.get("model_path"):
         model_path = train_subword_model(cfg.model.train_ds.manifest_filepath, subwords.vocab_size, out / "subwords")
@@ -39,7 +45,7 @@ def main(cfg: DictConfig) -> None:
     trainer = pl.Trainer(**cfg.trainer, default_root_dir=str(out))
     model = model_class(cfg.get("model_type", "conformer"))(cfg.model, trainer=trainer)
     start = time.perf_counter()
-    trainer.fit(model)
+    trainer.fit(model, ckpt_path=resume)
     minutes = (time.perf_counter() - start) / 60
     model.save_to(str(out / f"{cfg.name}.nemo"))
     corpus = Path(cfg.model.train_ds.manifest_filepath).parent
@@ -47,7 +53,8 @@ def main(cfg: DictConfig) -> None:
     cut_short = nemo_runs.cut_short(trainer, max_steps)
     if cut_short:
         nemo_runs.warn_cut_short(trainer.global_step, max_steps, cfg.trainer.get("max_time"))
-    report = {"name": cfg.name, "model_type": cfg.get("model_type", "conformer"), "token_rate": model.token_rate, "train_minutes": round(minutes, 1),
+    report = {"name": cfg.name, "model_type": cfg.get("model_type", "conformer"), "token_rate": model.token_rate,
+              "resumed_from": resume, "train_minutes": round(minutes, 1),
               "epochs": trainer.current_epoch, "steps": trainer.global_step, "max_steps": max_steps,
               "cut_short": cut_short, "versions": nemo_runs.versions(),
               "validation": model.validation_history,

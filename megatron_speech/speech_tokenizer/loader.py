@@ -74,3 +74,13 @@ def log_validation(model) -> None:
     if outputs and model._trainer is not None and not model.trainer.sanity_checking:
         model.validation_history.append(record)
     outputs.clear()
+
+
+def save_history(model, checkpoint: dict) -> None:
+    """Keep the validations so far in a Lightning checkpoint (the models' ``on_save_checkpoint``): a
+    resumed run's report then covers the whole schedule, not only the part after the resume."""
+    checkpoint["validation_history"] = list(model.validation_history)
+
+
+def load_history(model, checkpoint: dict) -> None:
+    model.validation_history = list(checkpoint.get("validation_history", []))

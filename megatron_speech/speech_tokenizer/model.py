@@ -21,7 +21,8 @@ from omegaconf import DictConfig, open_dict
 from nemo.core import ModelPT
 from nemo.core.classes import common as nemo_common
 
-from megatron_speech.speech_tokenizer.loader import lhotse_loader, log_validation, validation_loaders
+from megatron_speech.speech_tokenizer.loader import (lhotse_loader, load_history, log_validation, save_history,
+                                                     validation_loaders)
 from megatron_speech.speech_tokenizer.quantizer import VectorQuantizerEMA
 
 # NeMo instantiates `_target_`s from a .nemo file only under approved module prefixes (and only
@@ -181,6 +182,12 @@ class SpeechTokenizerModel(ModelPT):
 
     def on_validation_epoch_end(self):
         log_validation(self)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        save_history(self, checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        load_history(self, checkpoint)
 
     # ------------------------------------------------------------------ data (NeMo's Lhotse loader)
 

@@ -34,7 +34,8 @@ from nemo.core.classes import common as nemo_common
 
 from megatron_speech.config_loader import build
 from megatron_speech.speech.text import normalize_text
-from megatron_speech.speech_tokenizer.loader import lhotse_loader, log_validation, validation_loaders
+from megatron_speech.speech_tokenizer.loader import (lhotse_loader, load_history, log_validation, save_history,
+                                                     validation_loaders)
 from megatron_speech.speech_tokenizer.whisper_vq import HOP_SAMPLES, WhisperVQ, WhisperVQSettings, mel_frames
 
 if "megatron_speech.speech_tokenizer." not in nemo_common.ALLOWED_TARGET_PREFIXES:
@@ -261,6 +262,12 @@ class WhisperSpeechTokenizerModel(ModelPT):
 
     def on_validation_epoch_end(self):
         log_validation(self)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        save_history(self, checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        load_history(self, checkpoint)
 
     def setup_training_data(self, cfg: DictConfig) -> None:
         self._train_dl = lhotse_loader(cfg, self, self.text_units) if cfg and cfg.get("manifest_filepath") else None
