@@ -1,5 +1,6 @@
 """What the NeMo recipes (speech tokenizer, speech decoder) share around ``trainer.fit``: one writer
-a run folder, resuming from its newest checkpoint, the library versions beside the figures, and the loud warning when the time guard cut a schedule short."""
+a run folder, resuming from its newest checkpoint, the library versions beside the figures, and the
+loud warning when the time guard cut a schedule short."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from megatron_speech import jobs
+
 
 @contextlib.contextmanager
 def run_folder(out: Path) -> Iterator[str | None]:
