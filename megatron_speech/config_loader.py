@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import types
 import typing
 from pathlib import Path
@@ -149,3 +150,11 @@ def _convert(hint: Any, value: Any, section: str) -> Any:
     if origin is list and args and dataclasses.is_dataclass(args[0]) and isinstance(value, list):
         return [_convert(args[0], item, f"{section}[{i}]") for i, item in enumerate(value)]
     return value
+
+
+def differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where two nested settings differ (compared as JSON would store them): what a
+    refusal names, and what a test of one config built on another checks."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in differing_keys(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if json.loads(json.dumps(a)) == json.loads(json.dumps(b)) else [prefix.rstrip(".")]

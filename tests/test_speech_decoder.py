@@ -629,7 +629,6 @@ def test_the_full_config_has_glm_4_voice_shapes():
     assert 20e6 < sum(p.numel() for p in model.parameters()) < 60e6
 
 
-
 def test_the_25_hz_config_is_the_mini_recipe_in_seconds():
     """``--config-name mini_25hz`` (Hydra's defaults list on mini.yaml) keeps the crops, streaming
     blocks and look-ahead of the mini recipe in seconds, blocks hold whole groups of 2 tokens, and
@@ -637,7 +636,7 @@ def test_the_25_hz_config_is_the_mini_recipe_in_seconds():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from megatron_speech.config_loader import build
+    from megatron_speech.config_loader import build, differing_keys
 
     with initialize_config_dir(config_dir=str(ROOT / "examples" / "speech_decoder" / "conf"), version_base=None):
         slow, fast = compose("mini"), compose("mini_25hz")
@@ -648,19 +647,13 @@ def test_the_25_hz_config_is_the_mini_recipe_in_seconds():
     frames, tokens = build(MelSettings, OmegaConf.to_container(fast.model.mel), "model.mel").token_frames(25)
     assert (frames, tokens) == (5, 2) and fast.model.net.block_size % tokens == 0
     assert fast.model.net.upsample == "linear"
-    a, b = _flat(OmegaConf.to_container(slow, resolve=True)), _flat(OmegaConf.to_container(fast, resolve=True))
-    assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} == {
+    differing = differing_keys(OmegaConf.to_container(slow, resolve=True), OmegaConf.to_container(fast, resolve=True))
+    assert set(differing) == {
         "name", "exp_manager.name", "model.net.upsample", "model.net.block_size", "model.net.lookahead",
         "model.train_ds.tokens_filepath", "model.train_ds.max_tokens", "model.validation_ds.tokens_filepath",
         "model.validation_ds.max_tokens", "trainer.max_time"}
 
 
-def _flat(values: dict, prefix: str = "") -> dict:
-    """Dotted keys of a nested dict's leaves."""
-    out = {}
-    for key, value in values.items():
-        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return out
 
 # ---- the vocoders ---------------------------------------------------------------------------------
 

@@ -410,19 +410,12 @@ def claim_work_folder(recipe: Recipe, adopt: bool = False) -> None:
         job.claim()
     except jobs.JobError as exc:
         before = json.loads((recipe.work / jobs.JOB_FILE).read_text()).get("settings", {})
-        differing = _differences(before, settings)
+        differing = config_loader.differing_keys(before, settings)
         if not set(differing) <= SELECTION:
             raise SystemExit(f"error: {exc}. Differing: {', '.join(differing)}") from None
         job.record()
         print(f"[mini] {recipe.work}: seeds {settings['seeds']}, arms {settings['arms']} "
               f"(was seeds {before.get('seeds')}, arms {before.get('arms')}); finished stages are kept", flush=True)
-
-
-def _differences(a, b, prefix: str = "") -> list[str]:
-    """Dotted keys where two nested settings differ (compared as JSON would store them)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
-    return [] if json.loads(json.dumps(a)) == json.loads(json.dumps(b)) else [prefix.rstrip(".")]
 
 
 def _has_key(values: dict, dotted: str) -> bool:
