@@ -1,6 +1,6 @@
 """What the NeMo recipes (speech tokenizer, speech decoder) share around ``trainer.fit``: one writer
-a run folder, resuming from its newest checkpoint, the library versions beside the figures, and the
-loud warning when the time guard cut a schedule short."""
+a run folder, resuming from its newest checkpoint with the settings it was made with, the library
+versions beside the figures, and the loud warning when the time guard cut a schedule short."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from omegaconf import DictConfig, OmegaConf
+
 from megatron_speech import jobs
+from megatron_speech.config_loader import differing_keys
 
 
 @contextlib.contextmanager
@@ -32,6 +35,29 @@ def run_folder(out: Path) -> Iterator[str | None]:
 def newest_checkpoint(folder: Path) -> str | None:
     found = sorted(folder.glob("**/*.ckpt"), key=lambda p: p.stat().st_mtime)
     return str(found[-1]) if found else None
+
+
+def check_resume_settings(resume: str | None, model_cfg: DictConfig) -> None:
+    """Refuse to resume from a checkpoint made with other model settings, naming the keys that differ.
+
+    Lightning refuses another model shape but would go on silently with another learning rate, codebook
+    restart interval or training manifest, and the report would describe a run that never happened (the
+    Megatron runs check their checkpoints the same way). The schedule's length and time guard are
+    trainer settings, outside ``model``: a longer ``trainer.max_steps`` extends a finished run."""
+    if not resume:
+        return
+    import torch
+
+    saved = torch.load(resume, map_location="cpu", mmap=True, weights_only=False).get("hyper_parameters", {})
+    if "cfg" not in saved:
+        raise SystemExit(f"error: {resume}: no model settings in the checkpoint (hyper_parameters.cfg); "
+                         "not a checkpoint of this recipe")
+    differ = differing_keys(OmegaConf.to_container(saved["cfg"], resolve=True),
+                            OmegaConf.to_container(model_cfg, resolve=True))
+    if differ:
+        raise SystemExit(f"error: {resume} was made with other model settings; these differ: "
+                         f"{', '.join('model.' + k for k in differ)}. Rerun with the settings it was made "
+                         "with, or train in a new run folder (another name=...)")
 
 
 def versions() -> dict[str, str]:

@@ -332,6 +332,11 @@ def test_the_training_tool_writes_a_nemo_and_its_record_and_resumes(pairs, tmp_p
     assert longer.returncode == 0 and "resuming from" in longer.stdout, longer.stderr[-4000:]
     record = json.loads((tmp_path / "tiny" / "tiny.train.json").read_text())
     assert record["steps"] == 6 and record["resumed_from"].endswith("step=4.ckpt")
+    # other model settings on the same folder are refused, naming them, and nothing is written
+    other = subprocess.run([*tool, "trainer.max_steps=8", "model.optim.lr=0.5"], capture_output=True, text=True,
+                           timeout=600, cwd=ROOT)
+    assert other.returncode != 0 and "these differ: model.optim.lr" in other.stderr + other.stdout
+    assert json.loads((tmp_path / "tiny" / "tiny.train.json").read_text()) == record
 
 
 

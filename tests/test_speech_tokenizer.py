@@ -371,6 +371,23 @@ def test_a_run_folder_has_one_writer_and_resumes_from_its_newest_checkpoint(tmp_
     assert "resuming from" in capsys.readouterr().out
 
 
+def test_a_resume_with_other_model_settings_is_refused_naming_them(tmp_path):
+    from megatron_speech import nemo_runs
+
+    made_with = OmegaConf.create({"optim": {"lr": 3e-4}, "vq": {"quantize_vocab_size": 1024}})
+    ckpt = tmp_path / "step=550.ckpt"
+    torch.save({"hyper_parameters": {"cfg": made_with}, "state_dict": {}}, ckpt)
+    nemo_runs.check_resume_settings(str(ckpt), OmegaConf.create(OmegaConf.to_container(made_with)))
+    nemo_runs.check_resume_settings(None, OmegaConf.create({}))  # nothing to resume: nothing to check
+    other = OmegaConf.create({"optim": {"lr": 6e-4}, "vq": {"quantize_vocab_size": 1024}, "new": 1})
+    with pytest.raises(SystemExit, match=r"step=550.ckpt was made with other model settings; these differ: "
+                                         r"model.new, model.optim.lr\."):
+        nemo_runs.check_resume_settings(str(ckpt), other)
+    torch.save({"state_dict": {}}, ckpt)
+    with pytest.raises(SystemExit, match="no model settings in the checkpoint"):
+        nemo_runs.check_resume_settings(str(ckpt), other)
+
+
 def test_a_missing_extra_validation_set_is_named(small_corpus):
     from types import SimpleNamespace
 

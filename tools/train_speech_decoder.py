@@ -10,7 +10,8 @@ model, or the HiFi-GAN vocoder of the full recipe (a config with ``model.generat
 Writes <exp_dir>/<name>/<name>.nemo and <name>.train.json (steps, minutes, whether the time guard
 cut the schedule short, the last validation mel L1, library versions). A rerun resumes from the
 newest Lightning checkpoint in <exp_dir>/<name>/checkpoints/ (``resumed_from`` in the record; the
-minutes are this run's); a second run on the same folder is refused. With no checkpoint there,
+minutes are this run's) if the model settings are the checkpoint's (others are refused, naming the
+keys); a second run on the same folder is refused. With no checkpoint there,
 ``init_from_nemo_model`` starts from another decoder's weights (e.g. an L1 model, to add the adversarial
 term to it). Griffin-Lim, the mini vocoder, needs no
 training; tools/decode_speech.py turns tokens into audio with either vocoder.
@@ -41,6 +42,7 @@ def main(cfg: DictConfig) -> None:
 def train(cfg: DictConfig, out: Path, resume: str | None) -> None:
     trainer = pl.Trainer(**trainer_settings(cfg), default_root_dir=str(out))
     model = build_model(cfg.model, trainer)
+    nemo_runs.check_resume_settings(resume, model.cfg)
     if not resume and cfg.get("init_from_nemo_model"):
         print(f"starting from the weights of {cfg.init_from_nemo_model}", flush=True)
         model.maybe_init_from_pretrained_checkpoint(cfg)

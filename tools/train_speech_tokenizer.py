@@ -9,7 +9,8 @@ Writes <exp_dir>/<name>/<name>.nemo and <name>.eval.json (WER and CER on held-ou
 training voices and on the held-out voice, also per voice; codebook usage and perplexity, training
 time, library versions, the validation figures by step). A rerun resumes from the newest Lightning
 checkpoint in <exp_dir>/<name>/checkpoints/ (the validations before it come with it; ``resumed_from`` in
-the report, whose minutes are this run's); a second run on the same folder is refused.
+the report, whose minutes are this run's) if the model settings are the checkpoint's (other settings
+are refused, naming the keys); a second run on the same folder is refused.
 tools/evaluate_speech_tokenizer.py does the evaluation alone, for any manifest.
 """
 
@@ -44,6 +45,7 @@ def train(cfg: DictConfig, out: Path, resume: str | None) -> None:
             subwords.model_path = str(model_path)
     trainer = pl.Trainer(**cfg.trainer, default_root_dir=str(out))
     model = model_class(cfg.get("model_type", "conformer"))(cfg.model, trainer=trainer)
+    nemo_runs.check_resume_settings(resume, model.cfg)
     start = time.perf_counter()
     trainer.fit(model, ckpt_path=resume)
     minutes = (time.perf_counter() - start) / 60
