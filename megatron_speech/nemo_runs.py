@@ -42,8 +42,8 @@ def check_resume_settings(resume: str | None, model_cfg: DictConfig) -> None:
 
     Lightning refuses another model shape but would go on silently with another learning rate, codebook
     restart interval or training manifest, and the report would describe a run that never happened (the
-    Megatron runs check their checkpoints the same way). The schedule's length and time guard are
-    trainer settings, outside ``model``: a longer ``trainer.max_steps`` extends a finished run."""
+    Megatron runs likewise refuse a checkpoint of another model or tokenizer). The schedule's length and
+    time guard are trainer settings, outside ``model``: a longer ``trainer.max_steps`` extends a run."""
     if not resume:
         return
     import torch
