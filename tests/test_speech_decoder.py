@@ -339,7 +339,6 @@ def test_the_training_tool_writes_a_nemo_and_its_record_and_resumes(pairs, tmp_p
     assert json.loads((tmp_path / "tiny" / "tiny.train.json").read_text()) == record
 
 
-
 @pytest.mark.slow
 def test_the_training_tool_starts_an_adversarial_run_from_another_decoders_weights(pairs, trained, tmp_path):
     """``init_from_nemo_model`` loads the decoder's weights (at a learning rate of ~0 they come out as
@@ -657,7 +656,6 @@ def test_the_25_hz_config_is_the_mini_recipe_in_seconds():
         "name", "exp_manager.name", "model.net.upsample", "model.net.block_size", "model.net.lookahead",
         "model.train_ds.tokens_filepath", "model.train_ds.max_tokens", "model.validation_ds.tokens_filepath",
         "model.validation_ds.max_tokens", "trainer.max_time"}
-
 
 
 # ---- the vocoders ---------------------------------------------------------------------------------
