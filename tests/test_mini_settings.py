@@ -95,3 +95,28 @@ def test_the_mapping_curve_averages_each_window_and_counts_a_resumed_step_once(t
     assert rows[0]["transcript_after_speech"] == 4.5 and rows[0]["transcript_alone"] == 5.0
     assert rows[1]["transcript_after_speech"] == 2.5 and rows[1]["transcript_alone"] == 4.0  # step 3's newest record
     assert rows[1]["speech_after_transcript"] == 2.0 and rows[1]["speech_alone"] == 3.0
+
+
+def test_a_given_speech_tokenizer_is_copied_in_and_evaluated_not_trained(mini, tmp_path, monkeypatch):
+    trained = tmp_path / "elsewhere" / "tok.nemo"
+    trained.parent.mkdir()
+    trained.write_bytes(b"weights")
+    trained.with_suffix(".eval.json").write_text(json.dumps({"steps": 2200}))
+    recipe = mini.Recipe("tiny", tmp_path / "work", "python", [f"speech_tokenizer_model={trained}"])
+    calls = []
+
+    def tool(script, *args):  # what evaluate_speech_tokenizer.py writes, from the copied model
+        calls.append(script)
+        assert Path(args[0]).read_bytes() == b"weights"
+        results = [{"manifest": Path(m).name, "wer": w, "codebook_usage": 0.9} for m, w in zip(args[1:3], (0.1, 0.2))]
+        Path(args[args.index("--output") + 1]).write_text(json.dumps({"results": results}))
+
+    monkeypatch.setattr(recipe, "tool", tool)
+    figures = recipe.train_speech_tokenizer()
+    assert calls == ["evaluate_speech_tokenizer.py"]  # no training
+    assert recipe.speech_tokenizer.read_bytes() == b"weights"
+    assert figures["wer_training_voices"] == 0.1 and figures["wer_held_out_voice"] == 0.2
+    assert figures["steps"] == 2200 and figures["adopted"] == str(trained) and not figures["cut_short"]
+    missing = mini.Recipe("tiny", tmp_path / "w2", "python", [f"speech_tokenizer_model={tmp_path / 'nope.nemo'}"])
+    with pytest.raises(mini.StageFailed, match="nope.nemo: no such file"):
+        missing.train_speech_tokenizer()

@@ -50,8 +50,8 @@ def speech_tokenizer_figures(eval_json: Path) -> dict:
     by_manifest = {res["manifest"]: res for res in r["results"]}
     return {"wer_training_voices": by_manifest["test.jsonl"]["wer"],
             "wer_held_out_voice": by_manifest["test_heldout_voice.jsonl"]["wer"],
-            "codebook_usage": by_manifest["test.jsonl"]["codebook_usage"], "steps": r["steps"],
-            "cut_short": r["cut_short"]}
+            "codebook_usage": by_manifest["test.jsonl"]["codebook_usage"], "steps": r.get("steps"),
+            "cut_short": r.get("cut_short", False)}  # a training run's report has both; an evaluation's neither
 
 
 def _records(metrics_jsonl: Path) -> list[dict]:

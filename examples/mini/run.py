@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -146,11 +147,31 @@ class Recipe:
                 for split in ("train", "dev", "test", "test_heldout_voice")}
 
     def train_speech_tokenizer(self) -> dict:
+        if self.p.get("speech_tokenizer_model"):
+            return self.adopt_speech_tokenizer(Path(self.p["speech_tokenizer_model"]).resolve())
         corpus = self.w("speech_corpus")
         self.tool("train_speech_tokenizer.py", "name=whisper_vq", f"exp_manager.exp_dir={self.w('speech_tokenizer')}",
                   f"model.train_ds.manifest_filepath={corpus / 'train.jsonl'}",
                   f"model.validation_ds.manifest_filepath={corpus / 'dev.jsonl'}", *self.p["speech_tokenizer"])
         return report.speech_tokenizer_figures(self.speech_tokenizer.with_suffix(".eval.json"))
+
+    def adopt_speech_tokenizer(self, model: Path) -> dict:
+        """A speech tokenizer trained before (``speech_tokenizer_model``, e.g. the tokenizer recipe's
+        2,200-step run) instead of training one: copied in and evaluated on this corpus's test sets. Why:
+        the recipe's tokenizer is its longest shared stage, and a user who has one need not train it
+        again for every work folder; the copy keeps the folder whole if the original moves."""
+        if not model.is_file():
+            raise StageFailed(f"speech_tokenizer_model: {model}: no such file")
+        self.speech_tokenizer.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.speech_tokenizer.with_name(self.speech_tokenizer.name + ".partial")
+        shutil.copyfile(model, partial)
+        partial.replace(self.speech_tokenizer)
+        output = self.w("speech_tokenizer", "adopted.eval.json")
+        self.tool("evaluate_speech_tokenizer.py", self.speech_tokenizer, self.w("speech_corpus", "test.jsonl"),
+                  self.w("speech_corpus", "test_heldout_voice.jsonl"), "--output", output)
+        trained = model.with_suffix(".eval.json")  # the training run's report, if it is beside the model
+        steps = json.loads(trained.read_text()).get("steps") if trained.is_file() else None
+        return {**report.speech_tokenizer_figures(output), "steps": steps, "adopted": str(model)}
 
     def speech_tokens(self) -> dict:
         figures = {}
