@@ -158,7 +158,7 @@ class Recipe:
     def adopt_speech_tokenizer(self, model: Path) -> dict:
         """A speech tokenizer trained before (``speech_tokenizer_model``, e.g. the tokenizer recipe's
         2,200-step run) instead of training one: copied in and evaluated on this corpus's test sets. Why:
-        the recipe's tokenizer is its longest shared stage, and a user who has one need not train it
+        the tokenizer is one of the longest shared stages, and a user who has one need not train it
         again for every work folder; the copy keeps the folder whole if the original moves."""
         if not model.is_file():
             raise StageFailed(f"speech_tokenizer_model: {model}: no such file")
@@ -170,8 +170,9 @@ class Recipe:
         self.tool("evaluate_speech_tokenizer.py", self.speech_tokenizer, self.w("speech_corpus", "test.jsonl"),
                   self.w("speech_corpus", "test_heldout_voice.jsonl"), "--output", output)
         trained = model.with_suffix(".eval.json")  # the training run's report, if it is beside the model
-        steps = json.loads(trained.read_text()).get("steps") if trained.is_file() else None
-        return {**report.speech_tokenizer_figures(output), "steps": steps, "adopted": str(model)}
+        run = json.loads(trained.read_text()) if trained.is_file() else {}
+        return {**report.speech_tokenizer_figures(output), "steps": run.get("steps"),
+                "cut_short": run.get("cut_short", False), "adopted": str(model)}
 
     def speech_tokens(self) -> dict:
         figures = {}
