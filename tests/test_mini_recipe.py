@@ -95,6 +95,21 @@ def test_the_tiny_preset_runs_every_stage_and_resumes_after_a_kill(tmp_path):
                            capture_output=True, text=True, timeout=300)
     assert third.returncode == 0 and third.stdout.count("done earlier, skipped") == 15, third.stdout[-3000:]
 
+    # another span ratio from this folder: only the synthesis and arm B's stages run again
+    forked = tmp_path / "ratio"
+    fourth = subprocess.run([sys.executable, str(RUN), "--preset", "tiny", "--work", str(forked), "--from", str(work),
+                             "--set", "synthesis.ratio=0.6"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    log = fourth.stdout + fourth.stderr
+    assert fourth.returncode == 0, log[-5000:]
+    ran = sorted(line.split()[2] for line in fourth.stdout.splitlines() if " done in " in line)
+    assert ran == ["evaluate_B_seed0", "pretrain_B_seed0", "synthesis"], log[-3000:]
+    assert fourth.stdout.count("done earlier, skipped") == 12
+    assert os.path.samefile(forked / "data" / "asr.bin", work / "data" / "asr.bin")
+    assert not os.path.samefile(forked / "data" / "interleaved.bin", work / "data" / "interleaved.bin")
+    assert _yaml(forked / "configs" / "synthesis.yaml")["spans"]["ratio"] == 0.6
+    arms = json.loads((forked / "report.json").read_text())["arms"]
+    assert [(a["arm"], a["seed"]) for a in arms] == [("A", 0), ("B", 0)]
+
 
 def _yaml(path: Path) -> dict:
     import yaml

@@ -7,14 +7,17 @@
 The stages, each through the project's own tools in subprocesses, as a user would run them:
 
     world -> speech corpus -> speech tokenizer (from Whisper tiny.en) -> speech tokens ->
-    text-to-token model -> text LM (the world's prose) -> synthesis (interleaved data from that
-    prose) -> speech-text data -> spoken tasks (a voice no training utterance uses) ->
+    text-to-token model -> text LM (the world's prose) -> speech-text data (its vocabulary: the text
+    LM's plus the codes) -> synthesis (interleaved data from that prose) -> spoken tasks (a voice no
+    training utterance uses) ->
     [speech warm-up: the text LM on speech, ASR and TTS, shared by the arms] ->
     per arm and seed: speech-text pre-training from the text LM (or the warm-up), evaluation -> report
 
 ``--set lm.speech_warmup_steps=10000`` (any preset key, the value parsed as YAML) changes the preset;
 a work folder is claimed for the settings it was started with (``job.json``, ``megatron_speech.jobs``)
 and refuses others; ``--set "seeds=[0, 1, 2]"`` or other ``arms`` on a finished folder adds those runs.
+``--from SOURCE --work NEW --set synthesis.ratio=0.5`` starts a new folder from SOURCE's finished
+stages that the changed settings do not reach (``fork.py``).
 
 A finished stage leaves ``<work>/stages/<name>.json`` (its figures and time): a rerun skips it, and
 the tools resume inside the stage that was stopped (training from its last checkpoint, jobs from
@@ -39,6 +42,7 @@ from megatron_speech import atomic, config_loader, jobs
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import fork  # noqa: E402  (examples/mini/fork.py: a folder started from another's stages)
 import report  # noqa: E402  (examples/mini/report.py: the tables and the plot)
 
 ROOT = HERE.parents[1]
@@ -69,6 +73,10 @@ class Recipe:
         unknown = [a for a in self.p["arms"] if a not in ARMS]
         if unknown:
             raise SystemExit(f"presets.yaml: {preset}: unknown arms {unknown}; known: {sorted(ARMS)}")
+
+    def settings(self) -> dict:
+        """What a work folder's stages are made with (``job.json``)."""
+        return {"preset": self.name, **self.p}
 
     # ---- paths --------------------------------------------------------------------------------
 
@@ -122,8 +130,9 @@ class Recipe:
     def stages(self) -> list[tuple[str, callable]]:
         stages = [("world", self.world), ("speech_corpus", self.speech_corpus),
                   ("speech_tokenizer", self.train_speech_tokenizer), ("speech_tokens", self.speech_tokens),
-                  ("text_to_token", self.text_to_token), ("text_lm", self.text_lm), ("synthesis", self.synthesis),
-                  ("speech_text_data", self.speech_text_data), ("spoken_tasks", self.spoken_tasks),
+                  ("text_to_token", self.text_to_token), ("text_lm", self.text_lm),
+                  ("speech_text_data", self.speech_text_data), ("synthesis", self.synthesis),
+                  ("spoken_tasks", self.spoken_tasks),
                   ("evaluate_text_lm", self.evaluate_text_lm)]
         if self.warmup_steps:
             stages.append(("speech_warmup", self.speech_warmup))
@@ -132,6 +141,50 @@ class Recipe:
                 stages.append((f"pretrain_{arm}_seed{seed}", lambda a=arm, s=seed: self.speech_text_pretrain(a, s)))
                 stages.append((f"evaluate_{arm}_seed{seed}", lambda a=arm, s=seed: self.evaluate_arm(a, s)))
         return stages
+
+    def reads(self, name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The settings (dotted preset keys) and the earlier stages a stage's outputs depend on: what a
+        change of settings reaches (``fork.py``). Kept next to the stages: a stage that starts reading
+        another key must say so here."""
+        training = ("nproc",)
+        text_lm = ("lm.text_vocab_size", "lm.model", "lm.optim", "lm.seq_length", "lm.text_lm_steps", "lm.schedule")
+        fixed = {
+            "world": (("world",), ()),
+            "speech_corpus": (("speech_corpus",), ()),
+            "speech_tokenizer": (("speech_tokenizer", "speech_tokenizer_model"), ("speech_corpus",)),
+            "speech_tokens": ((), ("speech_corpus", "speech_tokenizer")),
+            "text_to_token": (("text_to_token", *training), ("speech_tokenizer", "speech_tokens")),
+            "text_lm": ((*text_lm, *training), ("world", "speech_tokens")),
+            "speech_text_data": ((), ("world", "speech_tokens", "text_lm")),
+            "synthesis": (("synthesis",), ("world", "text_to_token", "speech_text_data")),
+            "spoken_tasks": (("evaluation.held_out_voice",), ("world", "speech_tokenizer")),
+            "evaluate_text_lm": (("evaluation",), ("world", "text_lm")),
+            "speech_warmup": (("lm.model", "lm.optim", "lm.seq_length", "lm.speech_warmup_steps", "lm.schedule",
+                               "mixture", *training), ("text_lm", "speech_text_data")),
+        }
+        if name in fixed:
+            return fixed[name]
+        kind, arm, seed = _arm_stage(name)
+        if kind == "evaluate":
+            return ("evaluation",), (f"pretrain_{arm}_seed{seed}", "world", "speech_tokenizer", "spoken_tasks")
+        upstream = ("text_lm", "speech_text_data") + (("speech_warmup",) if self.warmup_steps else ())
+        if ARMS[arm]:  # arm A reads no interleaved data: the synthesis settings do not reach it
+            return ("lm", "mixture", "interleaved_share", *training), (*upstream, "synthesis")
+        return ("lm", "mixture", *training), upstream
+
+    def outputs(self, name: str) -> list[str]:
+        """The files a stage writes, as globs relative to the work folder (the narrowest match owns a
+        file: ``text_lm/eval.json`` is the text LM's evaluation's, the rest of ``text_lm/`` the text LM's)."""
+        fixed = {"speech_text_data": ["lm_tokenizer", "data/text*", "data/speech*", "data/asr*", "data/tts*"],
+                 "synthesis": ["synthesis", "data/interleaved*"], "spoken_tasks": ["tasks"],
+                 "evaluate_text_lm": ["text_lm/eval.json"]}
+        if name in fixed:
+            return fixed[name]
+        if name.startswith(("pretrain_", "evaluate_")):
+            kind, arm, seed = _arm_stage(name)
+            folder = self.arm_dir(arm, seed).relative_to(self.work).as_posix()
+            return [folder] if kind == "pretrain" else [f"{folder}/eval.json"]
+        return [name]  # the stage's own folder
 
     def world(self) -> dict:
         self.tool("build_world.py", self.w("world"), *_flags(self.p["world"]))
@@ -239,10 +292,8 @@ class Recipe:
         return path
 
     def synthesis(self) -> dict:
-        # the speech-text LM's vocabulary: the text LM's text ids, then the speech tokenizer's codes
-        self.tool("build_tokenizer.py", self.w("lm_tokenizer"), "--text-tokenizer",
-                  self.w("text_lm", "tokenizer", "trained_text_tokenizer.json"),
-                  "--codebook-of", self.w("speech_tokens", "train.jsonl"))
+        """Interleaved records from the world's prose, and their indexed binaries in the speech-text LM's
+        vocabulary (``speech_text_data``'s)."""
         world = _read_jsonl(self.w("world", "corpus.jsonl"))
         copies = [{"id": f"{d['id']}.{c}", "text": d["text"]} for c in range(self.p["synthesis"]["copies"]) for d in world]
         atomic.write_text(self.w("synthesis", "inputs.jsonl"), "".join(json.dumps(d) + "\n" for d in copies))
@@ -250,17 +301,23 @@ class Recipe:
         self.tool("synthesize_interleaved.py", "--config", config)
         self.tool("synthesize_interleaved.py", "--config", config, "--finalize")
         stats = json.loads(self.w("synthesis", "records", "stats.json").read_text())
-        return {k: stats[k] for k in ("documents", "spans", "rejected", "speech_tokens", "text_tokens",
-                                      "speech_tokens_per_s") if k in stats}
+        figures = {k: stats[k] for k in ("documents", "spans", "rejected", "speech_tokens", "text_tokens",
+                                         "speech_tokens_per_s") if k in stats}
+        return {**figures, "indexed_tokens": report.indexed_tokens(self.w("data", "interleaved"))}
 
     def speech_text_data(self) -> dict:
+        """The speech-text LM's vocabulary (the text LM's text ids, then the speech tokenizer's codes) and
+        the text, speech-only, ASR and TTS binaries in it: everything but the interleaved data, so the
+        synthesis settings reach none of it (``fork.py``)."""
         tokenizer, tokens = self.w("lm_tokenizer"), self.w("speech_tokens", "train.jsonl")
+        self.tool("build_tokenizer.py", tokenizer, "--text-tokenizer",
+                  self.w("text_lm", "tokenizer", "trained_text_tokenizer.json"), "--codebook-of", tokens)
         self.tool("preprocess_data.py", self.w("world", "corpus.jsonl"), "--tokenizer", tokenizer,
                   "--output-prefix", self.w("data", "text"))
         for layout in ("speech", "asr", "tts"):
             self.tool("preprocess_data.py", tokens, "--tokenizer", tokenizer, "--output-prefix", self.w("data", layout),
                       "--layout", layout)
-        return {name: report.indexed_tokens(self.w("data", name)) for name in ("text", "speech", "asr", "tts", "interleaved")}
+        return {name: report.indexed_tokens(self.w("data", name)) for name in ("text", "speech", "asr", "tts")}
 
     def spoken_tasks(self) -> dict:
         """The evaluation's questions and stories spoken by a voice no training utterance uses."""
@@ -374,6 +431,7 @@ def run(recipe: Recipe) -> dict:
     """Every stage not finished yet, in order; returns each stage's record."""
     stages = recipe.stages()
     records, start = {}, time.perf_counter()
+    forked = recipe.w(fork.RECORD).exists()
     for number, (name, stage) in enumerate(stages, 1):
         marker = recipe.w("stages", f"{name}.json")
         if marker.exists():
@@ -382,6 +440,8 @@ def run(recipe: Recipe) -> dict:
             continue
         print(f"[mini {number}/{len(stages)}] {name} (total {_minutes(time.perf_counter() - start)} so far)", flush=True)
         began = time.perf_counter()
+        if forked:  # files linked from the source folder become this folder's own before a tool writes them
+            fork.unshare(recipe.work, recipe.outputs(name))
         try:
             figures = stage()
         except StageFailed as exc:
@@ -401,12 +461,20 @@ def main() -> None:
     config_loader.add_overrides_argument(parser)  # a preset value, e.g. lm.speech_warmup_steps=10000
     parser.add_argument("--adopt", action="store_true",
                         help="claim a work folder whose stages were made before settings were recorded")
+    parser.add_argument("--from", dest="source", metavar="SOURCE",
+                        help="start --work from SOURCE's finished stages that these settings do not reach "
+                             "(hard links; examples/mini/fork.py)")
     args = parser.parse_args()
     work = Path(args.work or ROOT / "work" / "mini" / args.preset).resolve()
     recipe = Recipe(args.preset, work, args.python, args.set)
     try:
         with jobs.exclusive_lock(work / "run.lock", f"{work} is in use"):
             claim_work_folder(recipe, args.adopt)
+            if args.source:
+                with jobs.exclusive_lock(Path(args.source).resolve() / "run.lock", f"{args.source} is in use"):
+                    kept = fork.fork(recipe, Path(args.source), SELECTION)
+                print(f"[mini] {work}: from {args.source}, {len(kept)} finished stages kept: "
+                      f"{', '.join(kept) or 'none'}", flush=True)
             records = run(recipe)
             summary = report.write(recipe, records)
     except jobs.JobError as exc:
@@ -421,7 +489,7 @@ def claim_work_folder(recipe: Recipe, adopt: bool = False) -> None:
     setting: each arm's stages are its own, so a folder takes more (or fewer) of them and records the
     new selection. A folder with finished stages and no record is refused unless ``adopt``: its
     settings are unknown, and adopting them silently would let one report mix two presets."""
-    settings = {"preset": recipe.name, **recipe.p}
+    settings = recipe.settings()
     job = jobs.Job(recipe.work, "mini recipe", jobs.fingerprint(settings), {"settings": settings},
                    remedy="use another --work, or the same preset and --set values")
     if job.recorded_fingerprint() is None and any(recipe.w("stages").glob("*.json")) and not adopt:
@@ -438,6 +506,13 @@ def claim_work_folder(recipe: Recipe, adopt: bool = False) -> None:
         job.record()
         print(f"[mini] {recipe.work}: seeds {settings['seeds']}, arms {settings['arms']} "
               f"(was seeds {before.get('seeds')}, arms {before.get('arms')}); finished stages are kept", flush=True)
+
+
+def _arm_stage(name: str) -> tuple[str, str, int]:
+    """``pretrain_B-half_seed2`` -> ("pretrain", "B-half", 2)."""
+    kind, rest = name.split("_", 1)
+    arm, seed = rest.rsplit("_seed", 1)
+    return kind, arm, int(seed)
 
 
 def _has_key(values: dict, dotted: str) -> bool:
