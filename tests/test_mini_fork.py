@@ -16,7 +16,7 @@ FILES = ["world/corpus.jsonl", "speech_corpus/audio/0.wav", "speech_tokenizer/wh
          "speech_tokens/train.jsonl", "text_to_token/checkpoints/latest", "text_lm/hf/config.json",
          "text_lm/eval.json", "lm_tokenizer/speech_text_tokenizer.json", "data/text.bin", "data/asr/cache/x.npy",
          "data/interleaved.bin", "synthesis/records/stats.json", "tasks/qa_spoken.jsonl",
-         "speech_warmup/metrics.jsonl", "arms/A_seed0/metrics.jsonl", "arms/A_seed0/eval.json",
+         "speech_warmup/metrics.jsonl", "speech_warmup/eval.json", "arms/A_seed0/metrics.jsonl", "arms/A_seed0/eval.json",
          "arms/B_seed0/metrics.jsonl", "arms/B_seed0/eval.json", "configs/pretrain_A_seed0.yaml", "report.md"]
 SHARED = ["world", "speech_corpus", "speech_tokenizer", "speech_tokens", "text_to_token", "text_lm"]
 
@@ -52,7 +52,7 @@ def _fork(mini, source, work, *overrides):
 def test_a_new_span_ratio_remakes_the_synthesis_and_arm_b_and_links_the_rest(mini, source, tmp_path):
     recipe, kept = _fork(mini, source, tmp_path / "ratio", "synthesis.ratio=0.5")
     assert kept == [*SHARED, "speech_text_data", "spoken_tasks", "evaluate_text_lm", "speech_warmup",
-                    "pretrain_A_seed0", "evaluate_A_seed0"]  # arm A reads no interleaved data
+                    "evaluate_speech_warmup", "pretrain_A_seed0", "evaluate_A_seed0"]  # arm A reads no interleaved data
     work = recipe.work
     assert sorted(p.stem for p in (work / "stages").glob("*.json")) == sorted(kept)
     for relative in FILES:
@@ -69,7 +69,7 @@ def test_a_new_span_ratio_remakes_the_synthesis_and_arm_b_and_links_the_rest(min
 def test_a_stage_run_again_in_the_new_folder_writes_its_own_files(mini, source, tmp_path):
     recipe, _ = _fork(mini, source, tmp_path / "ratio", "synthesis.ratio=0.5")
     metrics = recipe.work / "speech_warmup" / "metrics.jsonl"
-    assert mini.fork.unshare(recipe.work, recipe.outputs("speech_warmup")) == 1
+    assert mini.fork.unshare(recipe.work, recipe.outputs("speech_warmup")) == 2  # metrics.jsonl, eval.json
     assert not os.path.samefile(metrics, source / "speech_warmup" / "metrics.jsonl")
     with open(metrics, "a") as f:  # as the training loop appends
         f.write("more\n")
@@ -79,14 +79,14 @@ def test_a_stage_run_again_in_the_new_folder_writes_its_own_files(mini, source, 
 
 @pytest.mark.parametrize("override, kept", [
     ("lm.speech_text_steps=9", [*SHARED, "speech_text_data", "synthesis", "spoken_tasks", "evaluate_text_lm",
-                                "speech_warmup"]),
+                                "speech_warmup", "evaluate_speech_warmup"]),
     ("lm.text_lm_steps=9", ["world", "speech_corpus", "speech_tokenizer", "speech_tokens", "text_to_token",
                             "spoken_tasks"]),
     ("evaluation.held_out_voice=flite:slt", [*SHARED, "speech_text_data", "synthesis", "speech_warmup",
                                              "pretrain_A_seed0", "pretrain_B_seed0"]),
     ("speech_corpus.num_sentences=30", ["world"]),
     ("seeds=[0, 1]", [*SHARED, "speech_text_data", "synthesis", "spoken_tasks", "evaluate_text_lm", "speech_warmup",
-                      "pretrain_A_seed0", "evaluate_A_seed0", "pretrain_B_seed0", "evaluate_B_seed0"]),
+                      "evaluate_speech_warmup", "pretrain_A_seed0", "evaluate_A_seed0", "pretrain_B_seed0", "evaluate_B_seed0"]),
 ])
 def test_a_changed_setting_reaches_the_stages_that_read_it_and_those_after(mini, source, tmp_path, override, kept):
     assert _fork(mini, source, tmp_path / "new", override)[1] == kept

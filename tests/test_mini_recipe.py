@@ -27,7 +27,7 @@ def test_the_tiny_preset_runs_every_stage_and_resumes_after_a_kill(tmp_path):
     seen = []
     for line in first.stdout:  # killed while it trains the speech tokenizer
         seen.append(line)
-        if line.startswith("[mini 3/15] speech_tokenizer ("):
+        if line.startswith("[mini 3/16] speech_tokenizer ("):
             os.killpg(first.pid, signal.SIGKILL)
             break
     first.wait(timeout=60)
@@ -39,18 +39,19 @@ def test_the_tiny_preset_runs_every_stage_and_resumes_after_a_kill(tmp_path):
                             capture_output=True, text=True, timeout=1800)
     log = second.stdout + second.stderr
     assert second.returncode == 0, log[-5000:]
-    assert "[mini 1/15] world: done earlier, skipped" in log
-    assert "[mini 2/15] speech_corpus: done earlier, skipped" in log
-    assert "[mini 3/15] speech_tokenizer (" in log  # resumed in the stage it stopped in
+    assert "[mini 1/16] world: done earlier, skipped" in log
+    assert "[mini 2/16] speech_corpus: done earlier, skipped" in log
+    assert "[mini 3/16] speech_tokenizer (" in log  # resumed in the stage it stopped in
 
     # every stage's outputs, from the tools that made them
-    assert len(list((work / "stages").glob("*.json"))) == 15
+    assert len(list((work / "stages").glob("*.json"))) == 16
     for path in ("world/qa.jsonl", "world/qa_shots.jsonl", "speech_corpus/train.jsonl",
                  "speech_tokenizer/whisper_vq/whisper_vq.nemo", "speech_tokens/train.jsonl",
                  "text_to_token/eval_test.json", "text_lm/hf/config.json", "lm_tokenizer/speech_text_tokenizer.json",
                  "data/interleaved.bin", "data/asr.bin", "tasks/qa_spoken.jsonl", "tasks/cloze_spoken.jsonl",
                  "tasks/fact_choice_spoken.jsonl", "tasks/fact_control_spoken.jsonl",
-                 "arms/A_seed0/eval.json", "arms/B_seed0/eval.json", "report.md", "ablation.png"):
+                 "speech_warmup/eval.json", "arms/A_seed0/eval.json", "arms/B_seed0/eval.json", "report.md",
+                 "ablation.png"):
         assert (work / path).is_file(), path
     text_lm = json.loads((work / "text_lm" / "hf" / "config.json").read_text())
     lm_vocab = json.loads((work / "lm_tokenizer" / "speech_text_tokenizer.json").read_text())
@@ -86,14 +87,15 @@ def test_the_tiny_preset_runs_every_stage_and_resumes_after_a_kill(tmp_path):
     assert {"wer_training_voices", "wer_held_out_voice"} <= set(tokenizer)
     assert "synthetic_span_wer" in report["stages"]["text_to_token"]["figures"]
     markdown = (work / "report.md").read_text()
-    for row in ("| speech_tokenizer |", "| text_to_token |", "| spoken_qa S→T (exact_match) |",
+    for row in ("| speech_tokenizer |", "| text_to_token |", "| evaluate_speech_warmup |",
+                "| spoken_qa S→T (exact_match) |",
                 "| story_cloze S→S (acc) |", "| fact_choice S→T (acc) |", "| loss_interleaved |"):
         assert row in markdown, row
 
     # a finished run reruns nothing
     third = subprocess.run([sys.executable, str(RUN), "--preset", "tiny", "--work", str(work)], cwd=ROOT,
                            capture_output=True, text=True, timeout=300)
-    assert third.returncode == 0 and third.stdout.count("done earlier, skipped") == 15, third.stdout[-3000:]
+    assert third.returncode == 0 and third.stdout.count("done earlier, skipped") == 16, third.stdout[-3000:]
 
     # another span ratio from this folder: only the synthesis and arm B's stages run again
     forked = tmp_path / "ratio"
@@ -103,7 +105,7 @@ def test_the_tiny_preset_runs_every_stage_and_resumes_after_a_kill(tmp_path):
     assert fourth.returncode == 0, log[-5000:]
     ran = sorted(line.split()[2] for line in fourth.stdout.splitlines() if " done in " in line)
     assert ran == ["evaluate_B_seed0", "pretrain_B_seed0", "synthesis"], log[-3000:]
-    assert fourth.stdout.count("done earlier, skipped") == 12
+    assert fourth.stdout.count("done earlier, skipped") == 13
     assert os.path.samefile(forked / "data" / "asr.bin", work / "data" / "asr.bin")
     assert not os.path.samefile(forked / "data" / "interleaved.bin", work / "data" / "interleaved.bin")
     assert _yaml(forked / "configs" / "synthesis.yaml")["spans"]["ratio"] == 0.6

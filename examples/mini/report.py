@@ -128,7 +128,7 @@ def write(recipe, records: dict) -> str:
     lines = [f"# The paper in miniature: preset {recipe.name}", "", "## Stages", "",
              "| stage | minutes | figures |", "|---|---:|---|"]
     for name, record in records.items():
-        if name.startswith(("pretrain_", "evaluate_")) and name != "evaluate_text_lm":
+        if name.startswith(("pretrain_", "evaluate_")) and name not in ("evaluate_text_lm", "evaluate_speech_warmup"):
             continue
         lines.append(f"| {name} | {record['seconds'] / 60:.1f} | {one_line(record['figures'])} |")
     total = sum(r["seconds"] for r in records.values()) / 60
@@ -202,15 +202,20 @@ def plot(arms: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     metrics = [m for m in arms[0]["scores"]]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
-    for ax, task in zip(axes, PRIMARY):
-        for metric in (m for m in metrics if m.startswith(task)):
+    panels = [task for task in PRIMARY if task != "fact_control"]  # the control: dashed, in the facts' panel
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), sharex=True)
+    for ax, task in zip(axes, panels):
+        prefixes = (task + "_", "fact_control_") if task == "fact_choice" else (task + "_",)
+        for metric in (m for m in metrics if m.startswith(prefixes)):
             xs = sorted({a["interleaved_tokens"] for a in arms})
             groups = [[a["scores"][metric] for a in arms if a["interleaved_tokens"] == x] for x in xs]
             means = [statistics.fmean(g) for g in groups]
             sds = [statistics.stdev(g) if len(g) > 1 else 0.0 for g in groups]
+            control, modality = metric.startswith("fact_control_"), metric.rsplit("_", 1)[1]
             ax.errorbar([x / 1e6 for x in xs], means, yerr=sds, marker="o", capsize=3,
-                        label=ARROWS.get(metric[len(task) + 1:], metric))
+                        color=f"C{list(ARROWS).index(modality)}" if modality in ARROWS else None,
+                        linestyle="--" if control else "-",
+                        label=ARROWS.get(modality, modality) + (" control" if control else ""))
         ax.set_title(f"{task} ({PRIMARY[task]})")
         ax.set_xlabel("interleaved tokens seen (millions)")
         ax.set_ylabel(PRIMARY[task])

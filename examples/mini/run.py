@@ -135,7 +135,7 @@ class Recipe:
                   ("spoken_tasks", self.spoken_tasks),
                   ("evaluate_text_lm", self.evaluate_text_lm)]
         if self.warmup_steps:
-            stages.append(("speech_warmup", self.speech_warmup))
+            stages += [("speech_warmup", self.speech_warmup), ("evaluate_speech_warmup", self.evaluate_speech_warmup)]
         for seed in self.p["seeds"]:
             for arm in self.p["arms"]:
                 stages.append((f"pretrain_{arm}_seed{seed}", lambda a=arm, s=seed: self.speech_text_pretrain(a, s)))
@@ -161,6 +161,7 @@ class Recipe:
             "evaluate_text_lm": (("evaluation",), ("world", "text_lm")),
             "speech_warmup": (("lm.model", "lm.optim", "lm.seq_length", "lm.speech_warmup_steps", "lm.schedule",
                                "mixture", *training), ("text_lm", "speech_text_data")),
+            "evaluate_speech_warmup": (("evaluation",), ("speech_warmup", "world", "speech_tokenizer", "spoken_tasks")),
         }
         if name in fixed:
             return fixed[name]
@@ -177,7 +178,7 @@ class Recipe:
         file: ``text_lm/eval.json`` is the text LM's evaluation's, the rest of ``text_lm/`` the text LM's)."""
         fixed = {"speech_text_data": ["lm_tokenizer", "data/text*", "data/speech*", "data/asr*", "data/tts*"],
                  "synthesis": ["synthesis", "data/interleaved*"], "spoken_tasks": ["tasks"],
-                 "evaluate_text_lm": ["text_lm/eval.json"]}
+                 "evaluate_text_lm": ["text_lm/eval.json"], "evaluate_speech_warmup": ["speech_warmup/eval.json"]}
         if name in fixed:
             return fixed[name]
         if name.startswith(("pretrain_", "evaluate_")):
@@ -389,6 +390,15 @@ class Recipe:
                                       init={"hf_checkpoint": str(self.w("text_lm", "hf")), "seed": 0})
         self.pretrain(config, "speech_warmup")
         return report.training_figures(self.w("speech_warmup", "metrics.jsonl"))
+
+    def evaluate_speech_warmup(self) -> dict:
+        """The warm-up's weights on every task and modality: where the arms start from, so that what
+        their own steps (with or without interleaved data) changed can be told from what they inherited."""
+        output = self.w("speech_warmup", "eval.json")
+        self.evaluate("evaluate_speech_warmup", {"checkpoint": str(self.w("speech_warmup", "checkpoints")),
+                                                 "tokenizer": str(self.w("lm_tokenizer"))},
+                      ["s2t", "s2s", "t2t"], output)
+        return report.task_figures(output)
 
     def arm_init(self, seed: int) -> dict:
         """Where an arm starts: the speech warm-up's weights if the preset has one, else the text LM
