@@ -16,8 +16,8 @@ FILES = ["world/corpus.jsonl", "speech_corpus/audio/0.wav", "speech_tokenizer/wh
          "speech_tokens/train.jsonl", "text_to_token/checkpoints/latest", "text_lm/hf/config.json",
          "text_lm/eval.json", "lm_tokenizer/speech_text_tokenizer.json", "data/text.bin", "data/asr/cache/x.npy",
          "data/interleaved.bin", "synthesis/records/stats.json", "tasks/qa_spoken.jsonl",
-         "speech_warmup/metrics.jsonl", "speech_warmup/eval.json", "arms/A_seed0/metrics.jsonl", "arms/A_seed0/eval.json",
-         "arms/B_seed0/metrics.jsonl", "arms/B_seed0/eval.json", "configs/pretrain_A_seed0.yaml", "report.md"]
+         "speech_warmup/metrics.jsonl", "speech_warmup/eval.json", "arms/A_seed0/metrics.jsonl",
+         "arms/A_seed0/eval.json", "arms/B_seed0/metrics.jsonl", "arms/B_seed0/eval.json", "configs/pretrain_A_seed0.yaml", "report.md"]
 SHARED = ["world", "speech_corpus", "speech_tokenizer", "speech_tokens", "text_to_token", "text_lm"]
 
 
@@ -86,7 +86,8 @@ def test_a_stage_run_again_in_the_new_folder_writes_its_own_files(mini, source, 
                                              "pretrain_A_seed0", "pretrain_B_seed0"]),
     ("speech_corpus.num_sentences=30", ["world"]),
     ("seeds=[0, 1]", [*SHARED, "speech_text_data", "synthesis", "spoken_tasks", "evaluate_text_lm", "speech_warmup",
-                      "evaluate_speech_warmup", "pretrain_A_seed0", "evaluate_A_seed0", "pretrain_B_seed0", "evaluate_B_seed0"]),
+                      "evaluate_speech_warmup", "pretrain_A_seed0", "evaluate_A_seed0", "pretrain_B_seed0",
+                      "evaluate_B_seed0"]),
 ])
 def test_a_changed_setting_reaches_the_stages_that_read_it_and_those_after(mini, source, tmp_path, override, kept):
     assert _fork(mini, source, tmp_path / "new", override)[1] == kept

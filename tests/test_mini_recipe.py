@@ -91,6 +91,7 @@ def test_the_tiny_preset_runs_every_stage_and_resumes_after_a_kill(tmp_path):
                 "| spoken_qa S→T (exact_match) |",
                 "| story_cloze S→S (acc) |", "| fact_choice S→T (acc) |", "| loss_interleaved |"):
         assert row in markdown, row
+    assert "| S→T job |" in markdown  # the facts by kind, above their controls
 
     # a finished run reruns nothing
     third = subprocess.run([sys.executable, str(RUN), "--preset", "tiny", "--work", str(work)], cwd=ROOT,

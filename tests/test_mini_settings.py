@@ -121,3 +121,29 @@ def test_a_given_speech_tokenizer_is_copied_in_and_evaluated_not_trained(mini, t
     missing = mini.Recipe("tiny", tmp_path / "w2", "python", [f"speech_tokenizer_model={tmp_path / 'nope.nemo'}"])
     with pytest.raises(mini.StageFailed, match="nope.nemo: no such file"):
         missing.train_speech_tokenizer()
+
+
+def test_the_facts_are_scored_by_kind_above_their_controls_and_averaged_over_seeds(mini, tmp_path):
+    report = mini.report
+    world = tmp_path / "world"
+    world.mkdir()
+    for task, prefix in (("fact_choice", "f"), ("fact_control", "c")):
+        items = [{"id": f"{prefix}{i}", "fact": kind} for i, kind in enumerate(["job", "job", "year", "year"])]
+        (world / f"{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
+
+    def evaluation(choice: list[bool], control: list[bool]) -> Path:
+        path = tmp_path / f"eval{len(list(tmp_path.glob('eval*')))}.json"
+        tasks = {task: {"modalities": {"s2t": {"results": [{"id": f"{p}{i}", "correct": c}
+                                                           for i, c in enumerate(r)]}}}
+                 for task, p, r in (("fact_choice", "f", choice), ("fact_control", "c", control))}
+        path.write_text(json.dumps({"tasks": tasks}))
+        return path
+
+    kinds = report.fact_kinds(evaluation([True, True, True, False], [False, False, True, False]), world)
+    assert kinds == {"fact_choice_s2t_job": 1.0, "fact_choice_s2t_year": 0.5,
+                     "fact_control_s2t_job": 0.0, "fact_control_s2t_year": 0.5}
+    other = report.fact_kinds(evaluation([True, False, False, False], [False, False, False, False]), world)
+    table = report.fact_kind_table([{"arm": "B", "seed": 0, "fact_kinds": kinds},
+                                    {"arm": "B", "seed": 1, "fact_kinds": other}])
+    assert "| S→T job | +0.750 ± 0.354 |" in table and "| S→T year | +0.000 ± 0.000 |" in table
+    assert report.fact_kind_table([{"arm": "A", "seed": 0, "fact_kinds": {}}]) == []  # no per-item results
