@@ -110,6 +110,7 @@ def test_the_tiny_preset_runs_every_stage_and_resumes_after_a_kill(tmp_path):
     assert os.path.samefile(forked / "data" / "asr.bin", work / "data" / "asr.bin")
     assert not os.path.samefile(forked / "data" / "interleaved.bin", work / "data" / "interleaved.bin")
     assert _yaml(forked / "configs" / "synthesis.yaml")["spans"]["ratio"] == 0.6
+    assert f"Started from {work} (differing: synthesis.ratio)" in (forked / "report.md").read_text()
     arms = json.loads((forked / "report.json").read_text())["arms"]
     assert [(a["arm"], a["seed"]) for a in arms] == [("A", 0), ("B", 0)]
 

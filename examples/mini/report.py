@@ -150,6 +150,11 @@ def write(recipe, records: dict) -> str:
         lines.append(f"| {name} | {record['seconds'] / 60:.1f} | {one_line(record['figures'])} |")
     total = sum(r["seconds"] for r in records.values()) / 60
     lines += ["", f"Stage time in all: {total:.1f} min (this run and any earlier one it resumed).", ""]
+    forked = recipe.w("forked_from.json")  # fork.RECORD
+    if forked.exists():
+        f = json.loads(forked.read_text())
+        lines[-1:] = [f"Started from {f['source']} (differing: {', '.join(f['differing']) or 'nothing'}): its "
+                      f"{len(f['kept'])} kept stages' figures and minutes are the source's.", ""]
     lines += ablation_table(arms)
     lines += fact_kind_table(arms)
     cut = records.get("speech_tokenizer", {}).get("figures", {}).get("cut_short")
