@@ -1,3 +1,4 @@
+import importlib.util
 import json
 from pathlib import Path
 
@@ -86,3 +87,13 @@ def t2t(prepared, tmp_path_factory):
     values["checkpoint"] = {"dir": str(work / "ckpt")}
     run_processes(train_in_process, 1, values)
     return work, root / "tokenizer", tokenizer
+
+
+@pytest.fixture(scope="session")
+def mini():
+    """``examples/mini/run.py`` as a module (the recipe's stages, settings and fork; ``mini.report``)."""
+    run = Path(__file__).resolve().parents[1] / "examples" / "mini" / "run.py"
+    spec = importlib.util.spec_from_file_location("mini_run", run)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

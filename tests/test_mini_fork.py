@@ -2,14 +2,10 @@
 reaches the stages that read it and those after them; the rest are hard links to the source's files,
 and a stage run again in the new folder never writes into the source's."""
 
-import importlib.util
 import json
 import os
-from pathlib import Path
 
 import pytest
-
-RUN = Path(__file__).resolve().parents[1] / "examples" / "mini" / "run.py"
 
 # one file of each stage's outputs, and two no stage owns (a config, the report)
 FILES = ["world/corpus.jsonl", "speech_corpus/audio/0.wav", "speech_tokenizer/whisper_vq/whisper_vq.nemo",
@@ -19,14 +15,6 @@ FILES = ["world/corpus.jsonl", "speech_corpus/audio/0.wav", "speech_tokenizer/wh
          "speech_warmup/metrics.jsonl", "speech_warmup/eval.json", "arms/A_seed0/metrics.jsonl",
          "arms/A_seed0/eval.json", "arms/B_seed0/metrics.jsonl", "arms/B_seed0/eval.json", "configs/pretrain_A_seed0.yaml", "report.md"]
 SHARED = ["world", "speech_corpus", "speech_tokenizer", "speech_tokens", "text_to_token", "text_lm"]
-
-
-@pytest.fixture(scope="module")
-def mini():
-    spec = importlib.util.spec_from_file_location("mini_run", RUN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture

@@ -1,21 +1,10 @@
 """The paper in miniature's preset overrides (``--set``) and the work folder's settings record: a folder
 started with one preset's settings refuses a run with others, so no report mixes stages of both."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-RUN = Path(__file__).resolve().parents[1] / "examples" / "mini" / "run.py"
-
-
-@pytest.fixture(scope="module")
-def mini():
-    spec = importlib.util.spec_from_file_location("mini_run", RUN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_set_overrides_a_nested_preset_value_parsed_as_yaml(mini, tmp_path):
@@ -77,10 +66,8 @@ def test_a_folder_with_stages_and_no_settings_record_is_refused_unless_adopted(m
     mini.claim_work_folder(mini.Recipe("tiny", tmp_path / "empty", "python"))  # a new folder needs no adopting
 
 
-def test_the_mapping_curve_averages_each_window_and_counts_a_resumed_step_once(tmp_path):
-    spec = importlib.util.spec_from_file_location("mini_report", RUN.parent / "report.py")
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
+def test_the_mapping_curve_averages_each_window_and_counts_a_resumed_step_once(mini, tmp_path):
+    report = mini.report
 
     def step(n: int, asr_text: float, tts_text: float) -> dict:
         return {"step": n, "split": "train", "loss": 1.0, "source_target_losses": {
