@@ -67,6 +67,15 @@ def owner(relative: str, patterns: dict[str, list[str]]) -> str | None:
     return best
 
 
+def source_settings(source: Path) -> dict:
+    """The settings a source folder's stages were made with, or a clear refusal."""
+    job_file = source / jobs.JOB_FILE
+    if not job_file.is_file():
+        raise SystemExit(f"error: --from: {source} has no {jobs.JOB_FILE}: not a work folder of this recipe, "
+                         "or made before settings were recorded")
+    return json.loads(job_file.read_text())["settings"]
+
+
 def fork(recipe, source: Path, ignored: Iterable[str] = ()) -> list[str]:
     """Take over ``source``'s stages that this recipe's settings do not reach into ``recipe.work``
     (claimed for this run's settings already); returns their names. ``ignored``: keys that select
@@ -85,11 +94,7 @@ def fork(recipe, source: Path, ignored: Iterable[str] = ()) -> list[str]:
                          "in a new --work")
     if source == recipe.work.resolve():
         raise SystemExit(f"error: --from: {source} is the work folder itself")
-    job_file = source / jobs.JOB_FILE
-    if not job_file.is_file():
-        raise SystemExit(f"error: --from: {source} has no {jobs.JOB_FILE}: not a work folder of this recipe, "
-                         "or made before settings were recorded")
-    settings = json.loads(job_file.read_text())["settings"]
+    settings = source_settings(source)
     finished = {p.stem for p in (source / "stages").glob("*.json")}
     kept = kept_stages(recipe, settings, finished, ignored)
     differing = [k for k in config_loader.differing_keys(settings, recipe.settings()) if k not in set(ignored)]

@@ -477,6 +477,8 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work or ROOT / "work" / "mini" / args.preset).resolve()
     recipe = Recipe(args.preset, work, args.python, args.set)
+    if args.source:
+        fork.source_settings(Path(args.source))  # refused before this folder is claimed
     try:
         with jobs.exclusive_lock(work / "run.lock", f"{work} is in use"):
             claim_work_folder(recipe, args.adopt)
