@@ -134,3 +134,4 @@ def test_the_facts_are_scored_by_kind_above_their_controls_and_averaged_over_see
                                     {"arm": "B", "seed": 1, "fact_kinds": other}])
     assert "| S→T job | +0.750 ± 0.354 |" in table and "| S→T year | +0.000 ± 0.000 |" in table
     assert report.fact_kind_table([{"arm": "A", "seed": 0, "fact_kinds": {}}]) == []  # no per-item results
+    assert report.fact_kinds(evaluation([True], [True]), tmp_path / "older_world") == {}  # no facts task

@@ -116,7 +116,10 @@ def fact_kinds(eval_json: Path, world: Path) -> dict[str, float]:
     report = json.loads(eval_json.read_text())
     out = {}
     for task in ("fact_choice", "fact_control"):
-        kinds = {r["id"]: r["fact"] for r in map(json.loads, (world / f"{task}.jsonl").read_text().splitlines())}
+        items = world / f"{task}.jsonl"
+        if not items.exists():  # a world built before the facts task (session 29)
+            continue
+        kinds = {r["id"]: r["fact"] for r in map(json.loads, items.read_text().splitlines())}
         for modality, result in report["tasks"].get(task, {}).get("modalities", {}).items():
             by_kind: dict[str, list[bool]] = {}
             for item in result.get("results", []):
