@@ -35,20 +35,25 @@ def touches(key: str, prefix: str) -> bool:
     return key == prefix or key.startswith(prefix + ".") or prefix.startswith(key + ".")
 
 
+def differing(recipe, source_settings: dict, ignored: Iterable[str] = ()) -> list[str]:
+    """The dotted keys where ``recipe``'s settings differ from a source folder's, ``ignored`` left out."""
+    return [k for k in config_loader.differing_keys(source_settings, recipe.settings()) if k not in set(ignored)]
+
+
 def kept_stages(recipe, source_settings: dict, finished: set[str], ignored: Iterable[str] = ()) -> list[str]:
     """The stages, in order, that ``recipe`` may take over from a source folder made with
     ``source_settings`` whose ``finished`` stages those are. A changed key that no stage claims
     (the preset's name, a key added later) keeps nothing: unknown reach, no reuse."""
-    differing = [k for k in config_loader.differing_keys(source_settings, recipe.settings()) if k not in set(ignored)]
+    changed = differing(recipe, source_settings, ignored)
     names = [name for name, _ in recipe.stages()]
     claimed = {prefix for name in names for prefix in recipe.reads(name)[0]}
-    if any(not any(touches(key, prefix) for prefix in claimed) for key in differing):
+    if any(not any(touches(key, prefix) for prefix in claimed) for key in changed):
         return []
     kept: list[str] = []
     for name in names:
         settings, upstream = recipe.reads(name)
         if (name in finished and all(u in kept for u in upstream)
-                and not any(touches(key, prefix) for key in differing for prefix in settings)):
+                and not any(touches(key, prefix) for key in changed for prefix in settings)):
             kept.append(name)
     return kept
 
@@ -97,8 +102,7 @@ def fork(recipe, source: Path, ignored: Iterable[str] = ()) -> list[str]:
     settings = source_settings(source)
     finished = {p.stem for p in (source / "stages").glob("*.json")}
     kept = kept_stages(recipe, settings, finished, ignored)
-    differing = [k for k in config_loader.differing_keys(settings, recipe.settings()) if k not in set(ignored)]
-    record = {"source": str(source), "differing": differing, "kept": kept, "done": False}
+    record = {"source": str(source), "differing": differing(recipe, settings, ignored), "kept": kept, "done": False}
     atomic.write_json(record_path, record)
     _link_files(source, recipe.work, {name: recipe.outputs(name) for name, _ in recipe.stages()}, set(kept))
     for name in kept:  # the markers last: a stage is done only once its files are all there

@@ -4,11 +4,14 @@ seed the ablation (mean ± sd per arm, task and modality) with its plot against 
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from pathlib import Path
 
 from megatron_speech import atomic
 from megatron_speech.data.indexed import read_metadata
+
+import fork  # this folder's module (a forked folder's record), as run.py imports it
 
 # what each task is scored by in the tables and the plot
 PRIMARY = {"spoken_qa": "exact_match", "fact_choice": "acc", "fact_control": "acc", "story_cloze": "acc"}
@@ -148,12 +151,12 @@ def write(recipe, records: dict) -> str:
     lines = [f"# The paper in miniature: preset {recipe.name}", "", "## Stages", "",
              "| stage | minutes | figures |", "|---|---:|---|"]
     for name, record in records.items():
-        if name.startswith(("pretrain_", "evaluate_")) and name not in ("evaluate_text_lm", "evaluate_speech_warmup"):
+        if re.fullmatch(r"(pretrain|evaluate)_.+_seed\d+", name):  # an arm's: in the ablation table
             continue
         lines.append(f"| {name} | {record['seconds'] / 60:.1f} | {one_line(record['figures'])} |")
     total = sum(r["seconds"] for r in records.values()) / 60
     lines += ["", f"Stage time in all: {total:.1f} min (this run and any earlier one it resumed).", ""]
-    forked = recipe.w("forked_from.json")  # fork.RECORD
+    forked = recipe.w(fork.RECORD)
     if forked.exists():
         f = json.loads(forked.read_text())
         lines[-1:] = [f"Started from {f['source']} (differing: {', '.join(f['differing']) or 'nothing'}): its "
@@ -218,7 +221,7 @@ def fact_kind_table(arms: list[dict]) -> list[str]:
     """Each kind of fact's accuracy above its control, by modality and arm (mean ± sd over seeds)."""
     names = list(dict.fromkeys(a["arm"] for a in arms))
     keys = [k[len("fact_choice_"):] for k in arms[0].get("fact_kinds", {}) if k.startswith("fact_choice_")]
-    keys.sort(key=lambda k: list(ARROWS).index(k.split("_")[0]) if k.split("_")[0] in ARROWS else len(ARROWS))
+    keys.sort(key=lambda k: list(ARROWS).index(k.split("_")[0]))  # S→T first, as in the ablation table
     if not keys:
         return []
     lines = ["", "## Facts by kind: accuracy above the control (mean ± sd over seeds)", "",

@@ -391,14 +391,17 @@ class Recipe:
         self.pretrain(config, "speech_warmup")
         return report.training_figures(self.w("speech_warmup", "metrics.jsonl"))
 
+    def evaluate_speech_text_model(self, name: str, folder: Path) -> dict:
+        """A speech-text model's checkpoints (``folder/checkpoints``) on every task and modality, into
+        ``folder/eval.json``."""
+        self.evaluate(name, {"checkpoint": str(folder / "checkpoints"), "tokenizer": str(self.w("lm_tokenizer"))},
+                      ["s2t", "s2s", "t2t"], folder / "eval.json")
+        return report.task_figures(folder / "eval.json")
+
     def evaluate_speech_warmup(self) -> dict:
-        """The warm-up's weights on every task and modality: where the arms start from, so that what
-        their own steps (with or without interleaved data) changed can be told from what they inherited."""
-        output = self.w("speech_warmup", "eval.json")
-        self.evaluate("evaluate_speech_warmup", {"checkpoint": str(self.w("speech_warmup", "checkpoints")),
-                                                 "tokenizer": str(self.w("lm_tokenizer"))},
-                      ["s2t", "s2s", "t2t"], output)
-        return report.task_figures(output)
+        """The warm-up's weights: where the arms start from, so that what their own steps (with or
+        without interleaved data) changed can be told from what they inherited."""
+        return self.evaluate_speech_text_model("evaluate_speech_warmup", self.w("speech_warmup"))
 
     def arm_init(self, seed: int) -> dict:
         """Where an arm starts: the speech warm-up's weights if the preset has one, else the text LM
@@ -427,11 +430,7 @@ class Recipe:
         return {**report.training_figures(self.arm_dir(arm, seed) / "metrics.jsonl"), "interleaved_tokens": interleaved}
 
     def evaluate_arm(self, arm: str, seed: int) -> dict:
-        out = self.arm_dir(arm, seed)
-        self.evaluate(f"evaluate_{arm}_seed{seed}", {"checkpoint": str(out / "checkpoints"),
-                                                     "tokenizer": str(self.w("lm_tokenizer"))},
-                      ["s2t", "s2s", "t2t"], out / "eval.json")
-        return report.task_figures(out / "eval.json")
+        return self.evaluate_speech_text_model(f"evaluate_{arm}_seed{seed}", self.arm_dir(arm, seed))
 
 
 # ---- the driver -------------------------------------------------------------------------------
