@@ -276,6 +276,32 @@ def test_training_lowers_the_asr_loss_and_leaves_frozen_layers_alone(hf_folder):
     assert float(model.net.position_count.sum()) > 0
 
 
+def test_spec_augment_masks_the_training_steps_features_only(hf_folder):
+    """``model.spec_augment`` (NeMo's masks) changes what a training step's encoder sees; validation,
+    tokenizing and transcribing see the clip as it is."""
+    from omegaconf import OmegaConf
+
+    from megatron_speech.speech_tokenizer.whisper_model import WhisperSpeechTokenizerModel
+
+    cfg = _model_cfg(hf_folder)
+    cfg.spec_augment = OmegaConf.create({"_target_": "nemo.collections.asr.modules.SpectrogramAugmentation",
+                                         "freq_masks": 2, "freq_width": 20, "time_masks": 2, "time_width": 0.2})
+    model = WhisperSpeechTokenizerModel(cfg)
+    audio, lengths = _audio([1.0, 0.8], seed=5)
+    plain = model._below_quantizer(audio, lengths)[0]
+    assert not torch.allclose(model._below_quantizer(audio, lengths, augment=True)[0], plain)
+    seen = []
+    masks = model.spec_augment.forward
+    model.spec_augment.forward = lambda **kw: seen.append(model.training) or masks(**kw)
+    batch = _transcribed_batch(model, seed=6)
+    model.eval()
+    model._loss(batch)
+    model.tokenize(audio, lengths)
+    model.train()
+    model._loss(batch)
+    assert seen == [True]
+
+
 def test_freezing_fewer_layers_lets_the_asr_loss_shape_the_layer_under_the_quantizer(hf_folder):
     """``freeze.encoder_layers: 2`` with pooling after layer 2 of 4 and the quantizer after layer 3: the
     third layer (at the token rate, under the quantizer) learns through the straight-through gradient,

@@ -120,6 +120,9 @@ class WhisperSpeechTokenizerModel(ModelPT):
         for part in frozen:
             part.requires_grad_(False)
         self.feature_extractor = _feature_extractor(whisper_config.num_mel_bins)
+        # SpecAugment masks on Whisper's log-mels (NeMo's module), in training steps only: eight synthetic
+        # voices are few, and a masked band is a voice's spectral detail the layers cannot lean on.
+        self.spec_augment = ModelPT.from_config_dict(cfg.spec_augment) if cfg.get("spec_augment") else None
         self.validation_step_outputs: list[dict] = []
         self.validation_history: list[dict] = []  # per validation: step, val_loss, val_wer (and per extra set)
 
@@ -164,8 +167,10 @@ class WhisperSpeechTokenizerModel(ModelPT):
     def token_lengths(self, num_samples: torch.Tensor) -> torch.Tensor:
         return self.net.token_lengths(num_samples)
 
-    def _below_quantizer(self, audio: torch.Tensor, audio_lengths: torch.Tensor):
+    def _below_quantizer(self, audio: torch.Tensor, audio_lengths: torch.Tensor, augment: bool = False):
         features, frame_lengths = self.features(audio, audio_lengths)
+        if augment and self.spec_augment is not None:
+            features = self.spec_augment(input_spec=features, length=frame_lengths)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_below):
             return self.net.encode_to_quantizer(features, frame_lengths)
 
@@ -222,7 +227,7 @@ class WhisperSpeechTokenizerModel(ModelPT):
 
     def _loss(self, batch):
         audio, audio_lengths, ids, id_lengths = batch[:4]
-        frames, valid = self._below_quantizer(audio, audio_lengths)
+        frames, valid = self._below_quantizer(audio, audio_lengths, augment=self.training)
         vq = self.quantizer(frames, valid)
         memory = self.net.encode_tokens(vq.quantized, valid)
         inputs, labels = self._teacher_forcing(ids, id_lengths)
