@@ -37,7 +37,8 @@ def touches(key: str, prefix: str) -> bool:
 
 def differing(recipe, source_settings: dict, ignored: Iterable[str] = ()) -> list[str]:
     """The dotted keys where ``recipe``'s settings differ from a source folder's, ``ignored`` left out."""
-    return [k for k in config_loader.differing_keys(source_settings, recipe.settings()) if k not in set(ignored)]
+    skip = set(ignored)
+    return [k for k in config_loader.differing_keys(source_settings, recipe.settings()) if k not in skip]
 
 
 def kept_stages(recipe, source_settings: dict, finished: set[str], ignored: Iterable[str] = ()) -> list[str]:
