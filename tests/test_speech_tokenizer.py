@@ -85,6 +85,27 @@ def test_quantizer_is_straight_through_and_masks_padding():
     assert vq.usage.sum().item() == 8  # only the 8 real frames are counted
 
 
+def test_quantizer_input_geometry_per_voice():
+    """The evaluation's per-voice quantization error and the voices' share of the variance, on frames
+    whose answers are worked out by hand: voice a sits on the codes, voice b is a shifted copy."""
+    from megatron_speech.speech_tokenizer.evaluate import QuantizerInput
+
+    quantizer = VectorQuantizerEMA(num_codes=2, dim=2)
+    quantizer.codebook.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    geometry = QuantizerInput()
+    on_codes, shifted = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[3.0, 2.0], [2.0, 3.0]])
+    geometry.add([on_codes[:1], shifted], ["a", "b"], quantizer)
+    geometry.add([on_codes[1:]], ["a"], quantizer)  # a voice's frames may come in several batches
+    # b's frames are 8 (squared) from their nearest codes, of 13 each; a's lie on the codes
+    assert geometry.relative_errors() == pytest.approx({"a": 0.0, "b": 16 / 26})
+    assert geometry.relative_error() == pytest.approx(16 / 28)  # of all norms: 2 (a) + 26 (b)
+    # means (0.5, 0.5) and (2.5, 2.5) around (1.5, 1.5): between 2, within 0.5, of a total 2.5
+    assert geometry.voice_share() == pytest.approx(0.8)
+    one_voice = QuantizerInput()
+    one_voice.add([shifted], ["b"], quantizer)
+    assert one_voice.voice_share() is None
+
+
 def test_nemo_checkpoint_round_trip(tmp_path):
     from megatron_speech.speech_tokenizer.model import SpeechTokenizerModel
 
@@ -313,6 +334,9 @@ def test_training_recipe_writes_a_checkpoint_and_its_report(tmp_path, units):
     assert set(heldout["by_speaker"]) == {"flite:awb"} and heldout["by_speaker"]["flite:awb"]["wer"] == heldout["wer"]
     assert set(test["by_speaker"]) <= {"flite:slt", "espeak:en-us"}
     assert sum(v["utterances"] for v in test["by_speaker"].values()) == 2
+    assert heldout["voice_variance_share"] is None  # one voice
+    assert all(0 <= r["by_speaker"][s]["quantization_error"] for r in report["results"] for s in r["by_speaker"])
+    assert heldout["by_speaker"]["flite:awb"]["quantization_error"] == pytest.approx(heldout["quantization_error"])
     # the evaluation alone, on the saved checkpoint, gives the same figures as after training
     evaluate = REPO / "tools/evaluate_speech_tokenizer.py"
     subprocess.run([sys.executable, str(evaluate), str(tmp_path / "runs/tiny/tiny.nemo"),

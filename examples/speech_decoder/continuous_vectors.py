@@ -18,15 +18,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("manifest", help="a speech manifest (contract 1)")
     parser.add_argument("prefix", help="the store: PREFIX.f16 and PREFIX.json")
-    parser.add_argument("--speech-tokenizer", required=True, help="a Whisper speech tokenizer .nemo")
+    parser.add_argument("--speech-tokenizer", required=True, help="a speech tokenizer .nemo (either)")
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
 
     from megatron_speech.speech_tokenizer.load import load_speech_tokenizer
 
     tokenizer = load_speech_tokenizer(args.speech_tokenizer).eval()
-    if not hasattr(tokenizer, "continuous_vectors"):
-        raise SystemExit(f"{args.speech_tokenizer}: only the Whisper speech tokenizer stores continuous vectors")
     meta = write_store(tokenizer, args.manifest, args.prefix, args.batch_size, args.speech_tokenizer)
     print(f"{args.prefix}: {len(meta['index'])} utterances, {meta['rows']} vectors of {meta['dim']}")
 

@@ -23,22 +23,72 @@ def evaluate_manifest(model, manifest: str | Path, batch_size: int = 16) -> dict
     model.eval()
     model.quantizer.reset_usage()
     hyps, refs, speakers = [], [], []
+    geometry = QuantizerInput()
     for start in range(0, len(lines), batch_size):
         chunk = list(enumerate(lines[start:start + batch_size], start + 1))
         audio, lengths = pad_batch([load_audio(manifest, n, line, model.cfg.sample_rate) for n, line in chunk])
         hyps += model.transcribe_audio(audio, lengths)
         refs += [line["text"] for _, line in chunk]
         speakers += [line.get("speaker", "") for _, line in chunk]
+        geometry.add(model.continuous_vectors(audio, lengths), speakers[-len(chunk):], model.quantizer)
+    by_speaker = _by_speaker(hyps, refs, speakers)
+    for speaker, error in geometry.relative_errors().items():
+        by_speaker[speaker]["quantization_error"] = error
     return {
         "manifest": manifest.name,
         "utterances": len(lines),
         "wer": word_error_rate(hyps, refs),
         "cer": word_error_rate(hyps, refs, use_cer=True),
-        "by_speaker": _by_speaker(hyps, refs, speakers),
+        "by_speaker": by_speaker,
         "codebook_usage": model.quantizer.codebook_usage(),
         "perplexity": float(perplexity(model.quantizer.usage)),
+        "quantization_error": geometry.relative_error(),
+        "voice_variance_share": geometry.voice_share(),
         "examples": [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps))[:3]],
     }
+
+
+class QuantizerInput:
+    """What the tokens lose, per voice: the frames just before the quantizer, summed as they stream by.
+
+    Why: a voice the tokenizer hears badly (a held-out voice) may have frames that fall between the
+    codes (a larger relative quantization error, ||frame - nearest code||^2 / ||frame||^2 summed over
+    its frames), or frames shifted as a whole (a voice offset, which per-utterance normalisation would
+    remove: the share of the frames' variance that the voices' means explain, an R^2)."""
+
+    def __init__(self) -> None:
+        self.count: dict[str, int] = {}
+        self.sum: dict[str, torch.Tensor] = {}
+        self.square: dict[str, float] = {}
+        self.error: dict[str, float] = {}
+        self.norm: dict[str, float] = {}
+
+    def add(self, vectors: list[torch.Tensor], speakers: list[str], quantizer) -> None:
+        for frames, speaker in zip(vectors, speakers):
+            frames = frames.double()
+            error, norm = quantizer.squared_errors(frames.to(quantizer.codebook.dtype))
+            self.count[speaker] = self.count.get(speaker, 0) + frames.shape[0]
+            self.sum[speaker] = self.sum.get(speaker, 0) + frames.sum(0)
+            self.square[speaker] = self.square.get(speaker, 0.0) + float(frames.pow(2).sum())
+            self.error[speaker] = self.error.get(speaker, 0.0) + float(error.sum())
+            self.norm[speaker] = self.norm.get(speaker, 0.0) + float(norm.sum())
+
+    def relative_errors(self) -> dict[str, float]:
+        return {s: self.error[s] / max(self.norm[s], 1e-12) for s in self.count}
+
+    def relative_error(self) -> float | None:
+        norm = sum(self.norm.values())
+        return sum(self.error.values()) / norm if norm > 0 else None
+
+    def voice_share(self) -> float | None:
+        """Between-voice variance over the total variance of the frames; None with fewer than 2 voices."""
+        if len(self.count) < 2:
+            return None
+        n = sum(self.count.values())
+        mean = sum(self.sum.values()) / n
+        total = sum(self.square.values()) / n - float(mean.pow(2).sum())
+        between = sum(c * float((self.sum[s] / c - mean).pow(2).sum()) for s, c in self.count.items()) / n
+        return between / total if total > 0 else None
 
 
 def _by_speaker(hyps: list[str], refs: list[str], speakers: list[str]) -> dict[str, dict]:
@@ -58,6 +108,11 @@ def report_lines(result: dict) -> list[str]:
     """What the tools print of one manifest's result: the totals, then each voice."""
     lines = [f"[eval] {result['manifest']}: WER {result['wer']:.1%} (CER {result['cer']:.1%}), codebook usage "
              f"{result['codebook_usage']:.0%}, perplexity {result['perplexity']:.0f}"]
+    if result.get("quantization_error") is not None:
+        share = result.get("voice_variance_share")
+        lines.append(f"[eval]   quantizer input: relative quantization error {result['quantization_error']:.3f}"
+                     + ("" if share is None else f", the voices' means explain {share:.1%} of its variance"))
     for speaker, v in result["by_speaker"].items():
-        lines.append(f"[eval]   {speaker}: WER {v['wer']:.1%}, CER {v['cer']:.1%} ({v['utterances']} utterances)")
+        error = "" if v.get("quantization_error") is None else f", quantization error {v['quantization_error']:.3f}"
+        lines.append(f"[eval]   {speaker}: WER {v['wer']:.1%}, CER {v['cer']:.1%}{error} ({v['utterances']} utterances)")
     return lines

@@ -132,6 +132,13 @@ class SpeechTokenizerModel(ModelPT):
         return [c[:n].tolist() for c, n in zip(codes, lengths.tolist())]
 
     @torch.no_grad()
+    def continuous_vectors(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> list[torch.Tensor]:
+        """Each utterance's vectors just before the quantizer [tokens, D] (what ``tokenize`` rounds to
+        codes), as the Whisper tokenizer gives them."""
+        frames, lengths = self.encode(audio, audio_lengths)
+        return [f[:n].float() for f, n in zip(frames, lengths.tolist())]
+
+    @torch.no_grad()
     def transcribe_tokens(self, codes: list[list[int]]) -> list[str]:
         """Greedy CTC transcription of token sequences (to check what synthetic tokens say)."""
         lengths = torch.tensor([len(c) for c in codes])

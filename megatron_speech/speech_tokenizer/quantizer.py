@@ -77,6 +77,16 @@ class VectorQuantizerEMA(nn.Module):
         distances = (x.pow(2).sum(1, keepdim=True) - 2 * x @ self.codebook.T + self.codebook.pow(2).sum(1))
         return distances.argmin(dim=1)
 
+    @torch.no_grad()
+    def squared_errors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row of ``x`` [N, D]: its squared distance to the nearest code and its squared norm, in
+        the space the codes are compared in (unit vectors with ``normalize``): their ratio, summed over
+        a voice, says how much of its frames the tokens lose."""
+        if self.normalize:
+            x = nn.functional.normalize(x, dim=-1)
+        nearest = self.codebook[self.nearest(x)]
+        return (x - nearest).pow(2).sum(1), x.pow(2).sum(1)
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> QuantizerOutput:
         """Quantize ``x`` [B, T, D]; ``mask`` [B, T] marks real (non-padding) frames."""
         b, t, d = x.shape
