@@ -85,6 +85,16 @@ def test_quantizer_is_straight_through_and_masks_padding():
     assert vq.usage.sum().item() == 8  # only the 8 real frames are counted
 
 
+def test_continuous_vectors_are_what_the_tokens_round():
+    """The Conformer tokenizer's vectors before its quantizer (the evaluation's and the speech decoder's
+    diagnostic) are those ``tokenize`` rounds to codes, one a token, padding left out."""
+    model = _model().eval()
+    audio, lengths = torch.randn(2, 24000) * 0.1, torch.tensor([24000, 16000])
+    vectors, tokens = model.continuous_vectors(audio, lengths), model.tokenize(audio, lengths)
+    assert [len(v) for v in vectors] == [len(t) for t in tokens] == model.token_lengths(lengths).tolist()
+    assert [model.quantizer.nearest(v).tolist() for v in vectors] == tokens
+
+
 def test_quantizer_input_geometry_per_voice():
     """The evaluation's per-voice quantization error and the voices' share of the variance, on frames
     whose answers are worked out by hand: voice a sits on the codes, voice b is a shifted copy."""

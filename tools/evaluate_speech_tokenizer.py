@@ -1,6 +1,7 @@
 """Evaluate a trained speech tokenizer on speech manifests: greedy WER and CER through the tokens,
-in total and per voice, with codebook usage and perplexity (what train_speech_tokenizer.py reports
-after training, for a checkpoint and manifests of your choice, e.g. a new voice).
+in total and per voice, with codebook usage and perplexity, and how far each voice's frames fall from
+the codes (what train_speech_tokenizer.py reports after training, for a checkpoint and manifests of
+your choice, e.g. a new voice).
 
     .venv/bin/python tools/evaluate_speech_tokenizer.py \
         work/speech_tokenizer/speech_tokenizer_mini/speech_tokenizer_mini.nemo \
