@@ -36,6 +36,36 @@ def write_jsonl(tmp_path):
     return write
 
 
+@pytest.fixture
+def evaluation_agrees_with_the_tokens(tmp_path):
+    """Checks a speech tokenizer's ``evaluate_manifest`` (on four clips of two voices, in a batch of
+    three and one of one) against its tokens: the manifest's transcripts are the tokens' own, so the
+    evaluation's WER is 0 exactly when it transcribes the same tokens; the audio path agrees."""
+    from megatron_speech.speech.audio import load_audio, pad_batch, write_wav
+    from megatron_speech.speech_tokenizer.evaluate import evaluate_manifest
+
+    def check(model) -> dict:
+        g = np.random.default_rng(8)
+        lines = []
+        for i, seconds in enumerate([1.0, 2.3, 0.6, 1.7]):
+            write_wav(tmp_path / f"{i}.wav", (3000 * g.standard_normal(int(16000 * seconds))).astype(np.int16), 16000)
+            lines.append({"audio_filepath": f"{i}.wav", "speaker": "ab"[i % 2]})
+        manifest = tmp_path / "m.jsonl"
+        audio, lengths = pad_batch([load_audio(manifest, n, line, 16000) for n, line in enumerate(lines, 1)])
+        tokens = model.tokenize(audio, lengths)
+        texts = model.transcribe_tokens(tokens)
+        assert all(t.strip() for t in texts), texts  # random weights say something: the check can fail
+        assert texts == model.transcribe_audio(audio, lengths)
+        manifest.write_text("".join(json.dumps({**line, "text": t}) + "\n" for line, t in zip(lines, texts)))
+        result = evaluate_manifest(model, manifest, batch_size=3)
+        assert result["wer"] == 0.0, result["examples"]
+        assert result["codebook_usage"] == pytest.approx(len({c for t in tokens for c in t}) / model.quantizer.num_codes)
+        assert sorted(result["by_speaker"]) == ["a", "b"]
+        return result
+
+    return check
+
+
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory, text_tokenizer_file):
     """A tokenizer and 800 documents of the default corpus as indexed binaries."""

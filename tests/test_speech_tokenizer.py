@@ -116,6 +116,11 @@ def test_quantizer_input_geometry_per_voice():
     assert one_voice.voice_share() is None
 
 
+def test_the_evaluation_transcribes_the_tokens_the_tokenizing_job_writes(evaluation_agrees_with_the_tokens):
+    """As for the Whisper tokenizer: one pass under the quantizer a batch, the tokens' transcripts."""
+    evaluation_agrees_with_the_tokens(_model().eval())
+
+
 def test_nemo_checkpoint_round_trip(tmp_path):
     from megatron_speech.speech_tokenizer.model import SpeechTokenizerModel
 

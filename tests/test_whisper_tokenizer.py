@@ -241,6 +241,20 @@ def test_cached_greedy_decoding_equals_recomputing_everything(hf_folder):
     assert all(len(row) == 12 for row in cached)  # random weights never say <|endoftext|> this soon
 
 
+def test_the_evaluation_transcribes_the_tokens_the_tokenizing_job_writes(hf_folder, evaluation_agrees_with_the_tokens):
+    """The evaluation runs the layers under the quantizer once a batch: its transcripts must be those
+    of the tokens (what synthetic tokens are judged against) and of the audio path alike, with clips
+    of unequal length in a batch, and its codebook usage must be that of those tokens."""
+    from megatron_speech.speech_tokenizer.whisper_model import WhisperSpeechTokenizerModel
+
+    model = WhisperSpeechTokenizerModel(_model_cfg(hf_folder, quantize_position_centering=True)).eval()
+    model.net.position_sum.normal_()
+    model.net.position_count.fill_(2.0)
+    model.quantizer.codebook.normal_()
+    model.quantizer.initialized.fill_(True)
+    evaluation_agrees_with_the_tokens(model)
+
+
 # ---- training -------------------------------------------------------------------------------------
 
 
@@ -257,12 +271,13 @@ def _transcribed_batch(model, seed: int):
 def test_training_lowers_the_asr_loss_and_leaves_frozen_layers_alone(hf_folder):
     from megatron_speech.speech_tokenizer.whisper_model import WhisperSpeechTokenizerModel
 
+    torch.manual_seed(0)  # not whatever the tests before it left (5e-3 held for 13 seeds; 1e-2 diverged for 1)
     model = WhisperSpeechTokenizerModel(_model_cfg(hf_folder, quantize_position_centering=True))
     model.train()
     batch = _transcribed_batch(model, seed=8)
     frozen = model.net.encoder.layers[0].fc1.weight.clone()
     above = model.net.encoder.layers[3].fc1.weight.clone()
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=5e-3)
     losses = []
     for _ in range(20):
         asr, vq, _, _ = model._loss(batch)

@@ -14,23 +14,30 @@ from megatron_speech.speech.audio import load_audio, pad_batch
 
 @torch.no_grad()
 def evaluate_manifest(model, manifest: str | Path, batch_size: int = 16) -> dict:
-    """WER of greedy decoding through the quantized tokens (CTC for the Conformer tokenizer, Whisper's
-    decoder for the Whisper one), and the codebook statistics."""
+    """WER of greedy decoding of each utterance's speech tokens (CTC for the Conformer tokenizer,
+    Whisper's decoder for the Whisper one), and the codebook statistics.
+
+    Why through the tokens: they are what ``tools/tokenize_speech.py`` writes and every later stage
+    reads, so this WER is the "real-audio tokens" figure synthetic tokens are judged against; and the
+    layers under the quantizer run once per batch for both the tokens and the geometry."""
     from nemo.collections.asr.metrics.wer import word_error_rate
 
     manifest = Path(manifest)
     lines = [json.loads(l) for l in manifest.read_text().splitlines() if l.strip()]
     model.eval()
-    model.quantizer.reset_usage()
+    usage = torch.zeros(model.quantizer.num_codes)
     hyps, refs, speakers = [], [], []
     geometry = QuantizerInput()
     for start in range(0, len(lines), batch_size):
         chunk = list(enumerate(lines[start:start + batch_size], start + 1))
         audio, lengths = pad_batch([load_audio(manifest, n, line, model.cfg.sample_rate) for n, line in chunk])
-        hyps += model.transcribe_audio(audio, lengths)
+        vectors = model.continuous_vectors(audio, lengths)
+        codes = [model.quantizer.nearest(v).cpu() for v in vectors]
+        usage += torch.bincount(torch.cat(codes), minlength=usage.numel()).to(usage.dtype)
+        hyps += model.transcribe_tokens([c.tolist() for c in codes])
         refs += [line["text"] for _, line in chunk]
         speakers += [line.get("speaker", "") for _, line in chunk]
-        geometry.add(model.continuous_vectors(audio, lengths), speakers[-len(chunk):], model.quantizer)
+        geometry.add(vectors, speakers[-len(chunk):], model.quantizer)
     by_speaker = _by_speaker(hyps, refs, speakers)
     for speaker, error in geometry.relative_errors().items():
         by_speaker[speaker]["quantization_error"] = error
@@ -40,8 +47,8 @@ def evaluate_manifest(model, manifest: str | Path, batch_size: int = 16) -> dict
         "wer": word_error_rate(hyps, refs),
         "cer": word_error_rate(hyps, refs, use_cer=True),
         "by_speaker": by_speaker,
-        "codebook_usage": model.quantizer.codebook_usage(),
-        "perplexity": float(perplexity(model.quantizer.usage)),
+        "codebook_usage": (usage > 0).float().mean().item(),
+        "perplexity": float(perplexity(usage)),
         "quantization_error": geometry.relative_error(),
         "voice_variance_share": geometry.voice_share(),
         "examples": [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps))[:3]],

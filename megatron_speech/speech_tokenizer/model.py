@@ -150,7 +150,8 @@ class SpeechTokenizerModel(ModelPT):
 
     @torch.no_grad()
     def transcribe_audio(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> list[str]:
-        """Greedy transcription through the quantized tokens (what the WER figures measure)."""
+        """Greedy transcription through the quantized tokens: ``transcribe_tokens(tokenize(...))`` in one
+        call (the quantizer counts the codes in ``usage``)."""
         log_probs, lengths, _ = self(audio, audio_lengths)
         return self.greedy_decode(log_probs, lengths)
 

@@ -16,7 +16,7 @@ The first build reads them and records Whisper's shape in ``model.whisper.config
 then carries the trained weights and Whisper's ``tokenizer.json``, and needs the source no more.
 
 The interface is the Conformer tokenizer's (``model.SpeechTokenizerModel``): ``tokenize``,
-``transcribe_tokens``, ``transcribe_audio``, ``quantizer``, ``cfg.sample_rate``; transcripts come
+``continuous_vectors``, ``transcribe_tokens``, ``transcribe_audio``, ``quantizer``, ``cfg.sample_rate``; transcripts come
 back normalised (``speech.text.normalize_text``), as the WER figures compare them.
 """
 
@@ -200,7 +200,8 @@ class WhisperSpeechTokenizerModel(ModelPT):
 
     @torch.no_grad()
     def transcribe_audio(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> list[str]:
-        """Greedy transcription through the quantized tokens (counts codebook usage, as evaluation reads it)."""
+        """Greedy transcription through the quantized tokens: ``transcribe_tokens(tokenize(...))`` in one
+        call (the quantizer counts the codes in ``usage``)."""
         frames, valid = self._below_quantizer(audio, audio_lengths)
         vq = self.quantizer(frames, valid)
         return self._greedy(self.net.encode_tokens(vq.codes, valid), valid)
