@@ -16,8 +16,8 @@ The first build reads them and records Whisper's shape in ``model.whisper.config
 then carries the trained weights and Whisper's ``tokenizer.json``, and needs the source no more.
 
 The interface is the Conformer tokenizer's (``model.SpeechTokenizerModel``): ``tokenize``,
-``continuous_vectors``, ``transcribe_tokens``, ``transcribe_audio``, ``quantizer``, ``cfg.sample_rate``; transcripts come
-back normalised (``speech.text.normalize_text``), as the WER figures compare them.
+``continuous_vectors``, ``transcribe_tokens``, ``transcribe_audio``, ``quantizer``,
+``cfg.sample_rate``; transcripts come back normalised (``speech.text.normalize_text``), as the WER figures compare them.
 """
 
 from __future__ import annotations
