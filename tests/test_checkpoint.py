@@ -1,10 +1,15 @@
-"""Checkpoints: exact resume after an exit signal, resharding TP=2 -> TP=1, and refusing bad ones."""
+"""Checkpoints: exact resume after an exit signal, resharding TP=2 -> TP=1, refusing bad ones, and
+averaging a run's last ones."""
 
 import json
 import shutil
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 from megatron_speech.testing.tiny import tiny_train_config
 
 from megatron_speech.testing.multiprocess import run_processes
@@ -213,3 +218,76 @@ def test_metadata_records_step_layout_and_vocabulary(saved, prepared):
     assert info["layout"] == {"tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1,
                               "data_parallel_size": 1}
     assert not list(saved.glob("*.tmp"))
+
+
+# ---- averaging a run's last checkpoints ------------------------------------------------------
+
+
+def weights_at(checkpoints: list[tuple[str, int | None]], tokenizer_dir: str) -> list[dict]:
+    """Each (root, step)'s full weights and metadata, loaded as inference loads them."""
+    from megatron_speech import parallel as par
+    from megatron_speech.checkpoints.trained import load_trained_model
+    from megatron_speech.lm_tokenizer import SpeechTextTokenizer
+    from megatron_speech.models.sharding import gather_full_state_dict
+
+    tokenizer = SpeechTextTokenizer.load(tokenizer_dir)
+    par.init_distributed(par.ParallelConfig())
+    out = []
+    for root, step in checkpoints:
+        model, _, info = load_trained_model(root, tokenizer, step)
+        out.append({"weights": gather_full_state_dict(model), "metadata": info.metadata, "step": info.step})
+    par.shutdown()
+    return out
+
+
+def _average(*args: str) -> subprocess.CompletedProcess:
+    tool = Path(__file__).resolve().parents[1] / "tools" / "average_checkpoints.py"
+    return subprocess.run([sys.executable, str(tool), *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def every_step(prepared, tmp_path_factory):
+    """A run saved at each of its 3 steps, with a torn save and an incomplete folder beside them."""
+    root, _ = prepared
+    ckpt = tmp_path_factory.mktemp("every_step")
+    values = _config(root, ckpt, steps=3)
+    values["checkpoint"]["save_interval"] = 1
+    run_processes(train_job, 1, values)
+    (ckpt / "iter_0000004.tmp").mkdir()
+    (ckpt / "iter_0000005").mkdir()  # no metadata: not a complete checkpoint
+    return ckpt
+
+
+def test_the_mean_of_the_last_checkpoints_is_a_checkpoint_of_their_mean_weights(every_step, prepared, tmp_path):
+    from megatron_speech.checkpoints.average import complete_steps
+
+    root, _ = prepared
+    assert complete_steps(every_step) == [1, 2, 3]
+    result = _average("--checkpoint", str(every_step), "--tokenizer", str(root / "tokenizer"),
+                      "--last", "2", "--output", str(tmp_path / "avg"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "the mean of steps [2, 3]" in result.stdout
+    two, three, mean = run_processes(weights_at, 1, [(str(every_step), 2), (str(every_step), 3),
+                                                     (str(tmp_path / "avg"), None)], str(root / "tokenizer"))[0]
+    assert mean["step"] == 3 and checkpoint.latest_step(tmp_path / "avg") == 3
+    assert mean["metadata"]["weights_only"] and mean["metadata"]["averaged_from"]["steps"] == [2, 3]
+    assert mean["metadata"]["model"] == three["metadata"]["model"]
+    assert sorted(mean["weights"]) == sorted(three["weights"])
+    moved = [name for name in three["weights"] if not (two["weights"][name] == three["weights"][name]).all()]
+    assert len(moved) > len(three["weights"]) // 2  # a training step apart: the mean is not either one
+    for name, weight in mean["weights"].items():
+        expected = (two["weights"][name].double() + three["weights"][name].double()) / 2
+        assert torch.allclose(weight.double(), expected, atol=1e-7), name
+
+
+def test_averaging_refuses_missing_steps_and_its_own_folder(every_step, prepared):
+    root, _ = prepared
+    common = ["--checkpoint", str(every_step), "--tokenizer", str(root / "tokenizer")]
+    too_many = _average(*common, "--last", "4", "--output", str(every_step.parent / "avg4"))
+    assert too_many.returncode != 0
+    assert f"{every_step}: asked for the last 4 checkpoints, it holds 3: [1, 2, 3]" in too_many.stderr
+    absent = _average(*common, "--steps", "2", "7", "--output", str(every_step.parent / "avg7"))
+    assert absent.returncode != 0 and "iter_0000007: not a complete checkpoint" in absent.stderr
+    into_itself = _average(*common, "--last", "2", "--output", str(every_step))
+    assert into_itself.returncode != 0 and "must not be the checkpoints' own folder" in into_itself.stderr
+    assert checkpoint.latest_step(every_step) == 3 and not (every_step / "iter_0000007").exists()

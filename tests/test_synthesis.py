@@ -285,9 +285,32 @@ def test_wer_check_scores_an_exact_model_like_real_tokens():
     exact = evaluate_synthesis(oracle, speech_model, records[:3])
     assert exact["synthetic_wer"] == exact["real_tokens_wer"] and exact["synthetic_cer"] == exact["real_tokens_cer"]
     assert exact["synthetic_tokens_per_char"] == exact["real_tokens_per_char"]
+    assert exact["wer_gap"] == {"points": 0.0, "ci95": [0.0, 0.0], "sentences": 3}
+    assert report["wer_gap"]["sentences"] == 3  # the rejected span's sentence is left out of the pairs
     hyps = speech_model.transcribe_tokens([r["speech_tokens"] for r in records[:3]])
     assert [e["transcript"] for e in exact["examples"]] == hyps
     assert [e["text"] for e in exact["examples"]] == ["the cat sat", "a dog ran home", "birds fly south"]
+
+
+def test_the_gap_to_real_tokens_is_the_difference_of_the_wers_with_an_interval_over_sentences():
+    from nemo.collections.asr.metrics.wer import word_error_rate
+
+    from megatron_speech.synthesis.evaluate import wer_gap
+
+    refs = ["the cat sat on the mat", "a dog ran home", "birds fly south", "it rained all day", ""] * 8
+    synthetic = ["the cat sat on a mat", "a dog ran", "words fly south", "it rained all day", "uh"] * 8
+    real = ["the cat sat on the mat", "a dog ran home", "birds fly south", "it rained all day", ""] * 8
+    real[2] = "birds fly"  # real tokens lose a word in one sentence
+    gap = wer_gap(synthetic, real, refs)
+    said = [i for i, r in enumerate(refs) if r]  # the empty references: the synthetic "uh" is 8 insertions
+    expected = 100 * (word_error_rate([synthetic[i] for i in said], [refs[i] for i in said])
+                      - word_error_rate([real[i] for i in said], [refs[i] for i in said])) + 100 * 8 / 136
+    assert gap["points"] == pytest.approx(expected) and gap["sentences"] == 40
+    low, high = gap["ci95"]
+    assert 0 < low < gap["points"] < high  # every sentence but one loses words synthetic: above 0 in every draw
+    assert wer_gap(synthetic, real, refs) == gap  # seeded
+    more = wer_gap(synthetic[:5] * 80, real[:5] * 80, refs[:5] * 80)["ci95"]
+    assert more[1] - more[0] < (high - low) / 2  # ten times the sentences: about a third the width
 
 
 def test_each_span_is_spoken_in_the_voice_it_is_given(speech_tokenizer, monkeypatch):
