@@ -16,6 +16,9 @@ W=${W:-work/t2t}
 # recording's voice, synthesis speaks in VOICE (README: measured, no better; off by default)
 VOICE=${VOICE:-}
 # TRAIN_SET: more overrides for the text-to-token training, e.g. TRAIN_SET="--set checkpoint.save_interval=500"
+# AVERAGE=2: judge and synthesize with the mean of the last two saved checkpoints (README: measured
+# with save_interval 500, better on one chain of two; off by default: the last checkpoint alone)
+AVERAGE=${AVERAGE:-1}
 PAIRS=(); CHECK=(); SPEAK=(); TRAIN=(${TRAIN_SET:-})
 if [ -n "$VOICE" ]; then
   PAIRS=(--voice-field speaker); CHECK=(--voices-from-records); SPEAK=(--set "generation.voice=$VOICE")
@@ -33,12 +36,19 @@ done
 # 3. TTS pairs as indexed binaries: [voice] text <|begin_of_audio|> tokens <|end_of_audio|> ([voice] with VOICE)
 [ -f $W/data/tts_train.meta.json ] || $PY tools/preprocess_data.py $W/tokens_train.jsonl \
   --tokenizer $W/tokenizer --output-prefix $W/data/tts_train --layout tts "${PAIRS[@]}"
-# 4. train through the pre-training entry point (resumes if interrupted)
+# 4. train through the pre-training entry point (resumes if interrupted); with AVERAGE, the mean of
+#    its last checkpoints
 $PY -m torch.distributed.run --standalone --nproc-per-node "${NPROC:-2}" tools/pretrain.py \
   --config examples/synthesize/configs/text_to_token_mini.yaml --set tokenizer=$W/tokenizer \
   --set "data.sources=[{prefix: $W/data/tts_train, weight: 1.0, layout: tts, loss: audio}]" \
   --set schedule.metrics_file=$W/metrics.jsonl --set checkpoint.dir=$W/checkpoints "${TRAIN[@]}"
-MODEL=(--config examples/synthesize/mini.yaml --set checkpoint=$W/checkpoints --set tokenizer=$W/tokenizer)
+CHECKPOINTS=$W/checkpoints
+if [ "$AVERAGE" -gt 1 ]; then
+  CHECKPOINTS=$W/checkpoints_avg$AVERAGE
+  [ -f $CHECKPOINTS/latest ] || $PY tools/average_checkpoints.py --checkpoint $W/checkpoints \
+    --tokenizer $W/tokenizer --last "$AVERAGE" --output $CHECKPOINTS
+fi
+MODEL=(--config examples/synthesize/mini.yaml --set checkpoint=$CHECKPOINTS --set tokenizer=$W/tokenizer)
 # 5. do the synthetic tokens keep their words? (held-out sentences, training voices and held-out voice)
 [ -f $W/eval_test.json ] || $PY tools/evaluate_synthesis.py "${MODEL[@]}" \
   --speech-tokenizer "$SPEECH_TOKENIZER" --texts $W/tokens_test.jsonl --output $W/eval_test.json "${CHECK[@]}"
