@@ -49,13 +49,11 @@ def average_checkpoints(root: str | Path, tokenizer_dir: str | Path, output_root
     tokenizer = SpeechTextTokenizer.load(tokenizer_dir)
     par.init_distributed(par.ParallelConfig())
     try:
-        model, config, first = load_trained_model(str(root), tokenizer, steps[0])
+        model, config, _ = load_trained_model(str(root), tokenizer, steps[0])
         total = {name: weight.double() for name, weight in gather_full_state_dict(model).items()}
         for step in steps[1:]:
             info = checkpoint.read_info(root, step)
-            if info.metadata["model"] != first.metadata["model"]:
-                raise checkpoint.CheckpointError(f"{info.path}: another model than {first.path}'s; "
-                                                 "only checkpoints of one run average")
+            checkpoint.check_compatible(info, run_metadata(config, tokenizer))  # as every load checks
             checkpoint.load(info, [model])
             for name, weight in gather_full_state_dict(model).items():
                 total[name] += weight
