@@ -85,6 +85,26 @@ def test_quantizer_is_straight_through_and_masks_padding():
     assert vq.usage.sum().item() == 8  # only the 8 real frames are counted
 
 
+def test_near_misses_pass_the_second_nearest_code_up_in_training_only():
+    torch.manual_seed(0)
+    vq = VectorQuantizerEMA(num_codes=16, dim=4, decay=1.0, restart_interval=None, near_miss=0.3).train()
+    x = torch.randn(4, 500, 4)
+    mask = torch.ones(4, 500, dtype=torch.bool)
+    mask[0, 250:] = False
+    vq(x, mask)  # the codebook starts at these frames (decay 1.0: it stays there)
+    out = vq(x, mask)
+    two = vq.nearest(x.reshape(-1, 4), k=2)
+    assert torch.equal(out.codes.reshape(-1), two[:, 0])  # the tokens are still the nearest codes
+    passed = out.quantized.reshape(-1, 4)
+    second = torch.isclose(passed, vq.codebook[two[:, 1]]).all(1)
+    assert torch.isclose(passed[~second], vq.codebook[two[~second, 0]]).all()
+    assert 0.25 < second[mask.reshape(-1)].float().mean() < 0.35
+    assert not second[~mask.reshape(-1)].any()  # padding frames are left alone
+    assert torch.allclose(vq.eval()(x, mask).quantized, vq.codebook[out.codes])  # evaluation: the nearest
+    with pytest.raises(ValueError, match="near_miss"):
+        VectorQuantizerEMA(num_codes=4, dim=2, near_miss=1.0)
+
+
 def test_continuous_vectors_are_what_the_tokens_round():
     """The Conformer tokenizer's vectors before its quantizer (the evaluation's and the speech decoder's
     diagnostic) are those ``tokenize`` rounds to codes, one a token, padding left out."""

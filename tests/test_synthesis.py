@@ -107,8 +107,94 @@ def test_batched_generation_equals_one_by_one(t2t):
     assert greedy_batched == greedy_single
     assert sampled_batched == sampled_single
     assert sampled_batched != greedy_batched
+    # beam search on Megatron-Core's own KV cache: a beam of one is greedy, a beam of 4 does not
+    # depend on the batch
+    beam_one, beam_batched, beam_single = run_processes(
+        _generate, 1, str(work / "ckpt"), str(tokenizer_dir), texts,
+        [{"batch_size": 8, "strategy": "beam", "beam_size": 1, **SYNTHETIC_RATE},
+         {"batch_size": 8, "strategy": "beam", "beam_size": 4, **SYNTHETIC_RATE},
+         {"batch_size": 1, "strategy": "beam", "beam_size": 4, **SYNTHETIC_RATE}])[0]
+    assert [b for g, b in zip(greedy_batched, beam_one) if g is not None] == [g for g in greedy_batched if g is not None]
+    assert beam_batched == beam_single
     accepted = [c for c in greedy_batched if c is not None]
     assert len(accepted) >= len(texts) // 2, greedy_batched  # the model learned to end its spans
+
+
+# ---- beam search --------------------------------------------------------------------------
+
+PAD, STOP, S, A, B, C, D, E = range(8)
+
+
+class _CacheMarkovModel(torch.nn.Module):
+    """A second-order Markov chain over 8 ids that reads the previous id from Megatron-Core's static
+    KV cache, as attention does: a beam search that reordered its rows but not the cache would read
+    another hypothesis's history. After the prompt's ``S``: ``a`` 0.5, ``b`` 0.45; ``a`` is followed
+    by ``c`` 0.32 and ``d``/``e`` 0.29 each, ``b`` by ``c`` 0.95; ``c`` after ``b`` ends (0.99), after ``a``
+    goes on to ``e`` (0.9), and ``e`` ends (0.9). Greedy takes a c e <stop> (p 0.12); the best
+    span is b c <stop> (p 0.42)."""
+
+    pre_process = post_process = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        table = torch.full((8, 8, 8), 1e-4)
+        table[:, :, STOP] = 0.5  # anything not listed below ends
+        table[:, S] = torch.tensor([1e-4, 0.02, 1e-4, 0.5, 0.45, 0.01, 0.01, 0.01])
+        table[S, A] = torch.tensor([1e-4, 0.1, 1e-4, 1e-4, 1e-4, 0.32, 0.29, 0.29])
+        table[S, B] = torch.tensor([1e-4, 0.01, 1e-4, 1e-4, 1e-4, 0.95, 0.02, 0.02])
+        table[B, C] = torch.tensor([1e-4, 0.99, 1e-4, 1e-4, 1e-4, 1e-4, 1e-4, 0.01])
+        table[A, C] = torch.tensor([1e-4, 0.05, 1e-4, 1e-4, 1e-4, 1e-4, 0.05, 0.9])
+        table[:, E] = torch.tensor([1e-4, 0.9, 1e-4, 0.02, 0.02, 0.02, 0.02, 0.02])
+        self.register_buffer("log_table", (table / table.sum(-1, keepdim=True)).log())
+
+    def forward(self, tokens, positions, mask, inference_context, runtime_gather_output=True):
+        context = inference_context
+        if 1 not in context.key_value_memory_dict:
+            shape = (context.max_sequence_length, context.max_batch_size, 1, 1)
+            context.key_value_memory_dict[1] = (torch.zeros(shape), torch.zeros(shape))
+        keys = context.key_value_memory_dict[1][0]
+        start, end = context.sequence_len_offset, context.sequence_len_offset + tokens.shape[1]
+        keys[start:end, :, 0, 0] = tokens.T.float()
+        previous = keys[end - 2, :, 0, 0].long() if end >= 2 else torch.full((tokens.shape[0],), PAD)
+        return self.log_table[previous, tokens[:, -1]][:, None, :]
+
+
+def _beam(prompts, beam, max_new=6, min_new=0, length_penalty=1.0):
+    from megatron_speech.models.decoding import beam_search_batch
+
+    allowed = torch.ones(8, dtype=torch.bool)
+    allowed[[PAD, S]] = False
+    return beam_search_batch(_CacheMarkovModel(), prompts, [max_new] * len(prompts), [min_new] * len(prompts),
+                             beam, allowed, STOP, PAD, 8, length_penalty)
+
+
+def test_beam_search_finds_the_likelier_span_that_greedy_misses():
+    from megatron_speech.models.decoding import decode_batch, greedy
+
+    greedy_ids = decode_batch(_CacheMarkovModel(), [[S]], [6], greedy(), (STOP,), PAD, 8)
+    assert greedy_ids == [[A, C, E, STOP]]
+    assert _beam([[S]], 1) == [[A, C, E, STOP]]  # a beam of one is greedy
+    assert _beam([[S]], 2) == [[B, C, STOP]]  # needs the cache reordered: c ends only after b
+    assert _beam([[S]], 2, length_penalty=0.0) == [[B, C, STOP]]
+
+
+def test_beam_search_rows_do_not_depend_on_the_batch_and_bounds_hold():
+    prompts = [[S], [D, D, S], [E, S]]  # unequal prompts start generating at different steps
+    alone = [_beam([p], 3)[0] for p in prompts]
+    assert _beam(prompts, 3) == alone == [[B, C, STOP]] * 3
+    assert all(len(ids) - 1 >= 3 for ids in _beam(prompts, 3, min_new=3))  # <stop> barred before 3 ids
+    assert _beam([[S]], 2, max_new=2) == [[B, C]]  # nothing ended in time: the best, without <stop>
+
+
+def test_beam_settings_change_a_jobs_fingerprint_only_under_beam_search():
+    from megatron_speech.synthesis.generate import GenerationConfig
+
+    assert GenerationConfig().signature() == GenerationConfig(beam_size=8, length_penalty=0.5).signature()
+    assert "beam_size" not in GenerationConfig(strategy="sample").signature()
+    assert GenerationConfig(strategy="beam").signature() != GenerationConfig(strategy="beam", beam_size=8).signature()
+    with pytest.raises(ValueError, match="beam_size"):
+        GenerationConfig(strategy="beam", beam_size=0)
 
 
 # ---- the sharded job, through the tool -------------------------------------------------------

@@ -45,12 +45,18 @@ def perplexity(counts: torch.Tensor) -> torch.Tensor:
 class VectorQuantizerEMA(nn.Module):
     def __init__(self, num_codes: int, dim: int, decay: float = 0.99, commitment_weight: float = 0.25,
                  dead_code_threshold: float = 0.1, epsilon: float = 1e-5, normalize: bool = False,
-                 restart_interval: int | None = 1) -> None:
+                 restart_interval: int | None = 1, near_miss: float = 0.0) -> None:
         """``normalize``: quantize unit vectors (cosine distance). The encoder's output scale then
         cannot drift away from the codebook, which otherwise lets one code win every frame early on.
         ``restart_interval``: restart dead codes every this many updates (GLM-4-Voice's
-        ``quantize_restart_interval``); None never restarts."""
+        ``quantize_restart_interval``); None never restarts. ``near_miss``: in training, this share
+        of the frames passes its second-nearest code upward (the codebook, the commitment loss and
+        the returned codes keep the nearest), so the layers above learn to read a frame that lands
+        one code off, as an unheard voice's frames do."""
         super().__init__()
+        if not 0.0 <= near_miss < 1.0:
+            raise ValueError(f"near_miss must be in [0, 1), got {near_miss}")
+        self.near_miss = near_miss
         self.restart_interval, self._updates = restart_interval, 0
         self.normalize = normalize
         self.num_codes, self.dim = num_codes, dim
@@ -70,12 +76,13 @@ class VectorQuantizerEMA(nn.Module):
         """Fraction of codes chosen at least once since ``reset_usage``."""
         return (self.usage > 0).float().mean().item()
 
-    def nearest(self, x: torch.Tensor) -> torch.Tensor:
-        """Index of the nearest code (Euclidean) for each row of ``x`` [N, D]."""
+    def nearest(self, x: torch.Tensor, k: int = 1) -> torch.Tensor:
+        """Index of the nearest code (Euclidean) for each row of ``x`` [N, D]; with ``k`` > 1, the
+        ``k`` nearest, nearest first [N, k]."""
         if self.normalize:
             x = nn.functional.normalize(x, dim=-1)
         distances = (x.pow(2).sum(1, keepdim=True) - 2 * x @ self.codebook.T + self.codebook.pow(2).sum(1))
-        return distances.argmin(dim=1)
+        return distances.argmin(dim=1) if k == 1 else distances.topk(k, dim=1, largest=False).indices
 
     @torch.no_grad()
     def squared_errors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,8 +103,15 @@ class VectorQuantizerEMA(nn.Module):
         flat = x.reshape(-1, d).float()
         if self.training and not bool(self.initialized):
             self._init_from(flat.detach()[mask.reshape(-1)])
-        codes = self.nearest(flat.detach())
         valid = mask.reshape(-1)
+        passed = None  # the codes the layers above read, where they differ from the nearest
+        if self.training and self.near_miss > 0:
+            two = self.nearest(flat.detach(), k=2)
+            codes = two[:, 0]
+            swap = (torch.rand(codes.shape, device=codes.device) < self.near_miss) & valid
+            passed = torch.where(swap, two[:, 1], codes)
+        else:
+            codes = self.nearest(flat.detach())
         onehot = nn.functional.one_hot(codes, self.num_codes).float() * valid[:, None]
         counts = onehot.sum(0)
         restarted = 0
@@ -107,6 +121,8 @@ class VectorQuantizerEMA(nn.Module):
         quantized = self.codebook[codes].view(b, t, d)
         diff = (x.float() - quantized.detach()).pow(2).mean(-1)
         commitment = self.commitment_weight * (diff * mask).sum() / mask.sum().clamp_min(1)
+        if passed is not None:
+            quantized = self.codebook[passed].view(b, t, d)
         quantized = x + (quantized - x).detach()  # straight-through
         return QuantizerOutput(quantized.to(x.dtype), codes.view(b, t), commitment, perplexity(counts), restarted)
 

@@ -63,6 +63,10 @@ class WhisperVQSettings:
     # frames, added back after the quantizer). Whisper's frames carry where they are in the clip:
     # position explained 27% of tiny.en's layer-2 variance, and a plain VQ spent its codes on it.
     quantize_position_centering: bool = False
+    # In training, this share of the frames passes its second-nearest code to the layers above
+    # (``VectorQuantizerEMA.near_miss``): an unheard voice's frames land near, not on, the codes a
+    # training voice's would (README, session 42).
+    quantize_near_miss: float = 0.0
 
     def __post_init__(self) -> None:
         if self.quantize_ema_decay is None:
@@ -130,7 +134,8 @@ class WhisperVQ(nn.Module):
         d_model = whisper_config.d_model
         self.quantizer = VectorQuantizerEMA(
             settings.quantize_vocab_size, d_model, settings.quantize_ema_decay, settings.quantize_commit_coefficient,
-            settings.quantize_dead_code_threshold, restart_interval=settings.quantize_restart_interval)
+            settings.quantize_dead_code_threshold, restart_interval=settings.quantize_restart_interval,
+            near_miss=settings.quantize_near_miss)
         token_positions = math.ceil(whisper_config.max_source_positions / settings.frames_per_token)
         self.embed_positions2 = nn.Embedding(token_positions, d_model)
         self._init_positions2()

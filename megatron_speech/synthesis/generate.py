@@ -9,31 +9,37 @@ batches, so little work is spent on prompts of unequal length.
 Every span has its own random generator (seeded by the caller), so sampled output is independent of
 which spans share its batch. A generated span is accepted only when it ends with
 ``<|end_of_audio|>``, holds audio ids only, and has a length plausible for its text; otherwise it is
-re-sampled (sampling only: greedy would repeat itself) and finally left as text by the caller.
+re-sampled (sampling only: greedy and beam search would repeat themselves) and finally left as text by
+the caller. Beam search (``strategy: beam``) keeps ``beam_size`` hypotheses a span
+(``models.decoding.beam_search_batch``) and returns the most likely one that ends within the span's
+length bounds.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
 from megatron_speech.data.layouts import voice_text
-from megatron_speech.models.decoding import decode_batch, speech_ids
+from megatron_speech.models.decoding import beam_search_batch, decode_batch, speech_ids
 from megatron_speech.speech.text import normalize_text
 from megatron_speech.lm_tokenizer import SpeechTextTokenizer
 
-STRATEGIES = ("greedy", "sample")
+STRATEGIES = ("greedy", "sample", "beam")
+BEAM_FIELDS = ("beam_size", "length_penalty")  # used by strategy "beam" only
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
     batch_size: int = 32  # spans decoded together
-    strategy: str = "greedy"  # greedy | sample
+    strategy: str = "greedy"  # greedy | sample | beam
     temperature: float = 1.0
     top_k: int = 0  # 0: no top-k filter
     top_p: float = 1.0  # 1.0: no nucleus filter
+    beam_size: int = 4  # strategy beam: hypotheses kept a span (a batch holds batch_size * beam_size rows)
+    length_penalty: float = 1.0  # strategy beam: a finished span's score is log p / length ** this
     audio_only: bool = True  # decode only audio ids and <|end_of_audio|> (others get -inf)
     # Length bounds from the span text: speech at 12.5 Hz runs at about 0.9 tokens a character.
     max_tokens_per_char: float = 2.0
@@ -54,6 +60,14 @@ class GenerationConfig:
             raise ValueError(f"unknown strategy {self.strategy!r}; expected one of {STRATEGIES}")
         if self.batch_size < 1 or self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError("need batch_size >= 1, temperature > 0, 0 < top_p <= 1, top_k >= 0")
+        if self.beam_size < 1 or self.length_penalty < 0:
+            raise ValueError("need beam_size >= 1 and length_penalty >= 0")
+
+    def signature(self) -> dict:
+        """The settings a job's output depends on: the beam settings only under beam search, so
+        adding them left every earlier greedy or sampled job's fingerprint as it was."""
+        values = asdict(self)
+        return values if self.strategy == "beam" else {k: v for k, v in values.items() if k not in BEAM_FIELDS}
 
     def length_bounds(self, text: str) -> tuple[int, int]:
         """(minimum, maximum) audio tokens accepted for ``text``."""
@@ -105,7 +119,8 @@ class SpanGenerator:
             for b in range(0, len(pending), self.config.batch_size):
                 batch = pending[b: b + self.config.batch_size]
                 outputs = self.decode([prompts[i] for i in batch], [bounds[i][1] + 1 for i in batch],
-                                      [(seeds[i] + attempt * 0x9E3779B97F4A7C15) % (1 << 63) for i in batch])
+                                      [(seeds[i] + attempt * 0x9E3779B97F4A7C15) % (1 << 63) for i in batch],
+                                      [max(bounds[i][0], 1) for i in batch])
                 for i, ids in zip(batch, outputs):
                     reason = self.check(ids, *bounds[i])
                     if reason is None:
@@ -134,9 +149,17 @@ class SpanGenerator:
 
     # ---- one static batch ---------------------------------------------------------------------
 
-    def decode(self, prompts: list[list[int]], max_new: list[int], seeds: list[int]) -> list[list[int]]:
+    def decode(self, prompts: list[list[int]], max_new: list[int], seeds: list[int],
+               min_new: list[int] | None = None) -> list[list[int]]:
         """Generated ids for each prompt: up to and including ``<|end_of_audio|>``, or ``max_new``
-        ids when it never came (``models.decoding``, the loop evaluation uses too)."""
+        ids when it never came (``models.decoding``, the loop evaluation uses too). Beam search
+        also bars ``<|end_of_audio|>`` before ``min_new`` audio ids (its hypotheses compete on
+        likelihood, and a too-short one would win and then be rejected)."""
+        if self.config.strategy == "beam" and not self.config.ignore_end_of_audio:
+            return beam_search_batch(self.model, prompts, max_new, min_new or [0] * len(prompts),
+                                     self.config.beam_size, self.allowed if self.config.audio_only else None,
+                                     self.tokenizer.eoa, self.tokenizer.pad, self.tokenizer.vocab_size,
+                                     self.config.length_penalty)
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         stop = () if self.config.ignore_end_of_audio else (self.tokenizer.eoa,)
         return decode_batch(self.model, prompts, max_new, lambda logits, active: self._choose(logits, generators, active),

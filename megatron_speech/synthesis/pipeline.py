@@ -71,7 +71,7 @@ class SynthesisConfig:
         step = str(self.checkpoint_step or (latest.read_text().strip() if latest.exists() else ""))
         # Not on_error: under "stop" a bad record stops its chunk before the marker (see preprocessing).
         return jobs.fingerprint([jobs.input_signature(self.inputs), self.text_field, self.id_field, asdict(self.spans),
-                                 asdict(self.generation), self.chunk_bytes, self.documents_per_batch,
+                                 self.generation.signature(), self.chunk_bytes, self.documents_per_batch,
                                  str(Path(self.checkpoint).resolve()), step,
                                  SpeechTextTokenizer.load(self.tokenizer).fingerprint(), self.indexed_tokenizer])
 
