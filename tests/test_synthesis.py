@@ -407,7 +407,7 @@ def test_each_span_is_spoken_in_the_voice_it_is_given(speech_tokenizer, monkeypa
     assert generator.prompt("the cat", "espeak:en-gb") == [tok.eod, *tok.tokenize("[espeak:en-gb] the cat"), tok.boa]
     assert generator.prompt("the cat") == [tok.eod, *tok.tokenize("the cat"), tok.boa]
     seen = []
-    monkeypatch.setattr(generator, "decode", lambda prompts, max_new, seeds: seen.extend(prompts) or [[]] * len(prompts))
+    monkeypatch.setattr(generator, "decode", lambda prompts, max_new, seeds, min_new=None: seen.extend(prompts) or [[]] * len(prompts))
     generator.generate(["a dog", "the cat"], [0, 1])
     generator.generate(["a dog", "the cat"], [0, 1], voices=["awb", "rms"])
     assert sorted(seen) == sorted([generator.prompt("a dog", "flite:slt"), generator.prompt("the cat", "flite:slt"),
