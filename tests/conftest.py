@@ -43,6 +43,8 @@ def evaluation_agrees_with_the_tokens(tmp_path):
     evaluation's WER is 0 exactly when it transcribes the same tokens; the audio path agrees."""
     from megatron_speech.speech.audio import load_audio, pad_batch, write_wav
     from megatron_speech.speech_tokenizer.evaluate import evaluate_manifest
+    import torch
+    from nemo.collections.asr.metrics.wer import word_error_rate
 
     def check(model) -> dict:
         g = np.random.default_rng(8)
@@ -61,6 +63,14 @@ def evaluation_agrees_with_the_tokens(tmp_path):
         assert result["wer"] == 0.0, result["examples"]
         assert result["codebook_usage"] == pytest.approx(len({c for t in tokens for c in t}) / model.quantizer.num_codes)
         assert sorted(result["by_speaker"]) == ["a", "b"]
+        # the quantizer bypassed: the codes' own vectors read as vectors are the tokens' path, and the
+        # evaluation's bypassed WER is that of the frames before the quantizer, per voice too
+        assert model.transcribe_vectors([model.quantizer.codebook[torch.tensor(t)] for t in tokens]) == texts
+        bypassed = model.transcribe_vectors(model.continuous_vectors(audio, lengths))
+        both = evaluate_manifest(model, manifest, batch_size=3, unquantized=True)
+        assert both["wer"] == 0.0 and "wer_unquantized" not in result
+        assert both["wer_unquantized"] == pytest.approx(word_error_rate(bypassed, texts))
+        assert both["by_speaker"]["a"]["wer_unquantized"] == pytest.approx(word_error_rate(bypassed[::2], texts[::2]))
         return result
 
     return check

@@ -21,9 +21,11 @@ def main() -> None:
     parser.add_argument("manifests", nargs="+", help="NeMo manifests (audio_filepath, text, speaker)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--output", help="write the results here as JSON")
+    parser.add_argument("--unquantized", action="store_true",
+                        help="also the WER with the quantizer bypassed (what the codes lose)")
     args = parser.parse_args()
     model = load_speech_tokenizer(args.model)
-    results = [evaluate_manifest(model, manifest, args.batch_size) for manifest in args.manifests]
+    results = [evaluate_manifest(model, manifest, args.batch_size, args.unquantized) for manifest in args.manifests]
     for result in results:
         print("\n".join(report_lines(result)))
     if args.output:

@@ -13,20 +13,24 @@ from megatron_speech.speech.audio import load_audio, pad_batch
 
 
 @torch.no_grad()
-def evaluate_manifest(model, manifest: str | Path, batch_size: int = 16) -> dict:
+def evaluate_manifest(model, manifest: str | Path, batch_size: int = 16, unquantized: bool = False) -> dict:
     """WER of greedy decoding of each utterance's speech tokens (CTC for the Conformer tokenizer,
     Whisper's decoder for the Whisper one), and the codebook statistics.
 
     Why through the tokens: they are what ``tools/tokenize_speech.py`` writes and every later stage
     reads, so this WER is the "real-audio tokens" figure synthetic tokens are judged against; and the
-    layers under the quantizer run once per batch for both the tokens and the geometry."""
+    layers under the quantizer run once per batch for both the tokens and the geometry.
+
+    ``unquantized``: also the WER with the quantizer bypassed (the frames it would round, read as they
+    are by the layers above; ``wer_unquantized``, in total and per voice), a second greedy pass. Why: it
+    separates what the codes lose from what the trained layers around them lose."""
     from nemo.collections.asr.metrics.wer import word_error_rate
 
     manifest = Path(manifest)
     lines = [json.loads(l) for l in manifest.read_text().splitlines() if l.strip()]
     model.eval()
     usage = torch.zeros(model.quantizer.num_codes)
-    hyps, refs, speakers = [], [], []
+    hyps, refs, speakers, hyps_unquantized = [], [], [], []
     geometry = QuantizerInput()
     for start in range(0, len(lines), batch_size):
         chunk = list(enumerate(lines[start:start + batch_size], start + 1))
@@ -35,17 +39,26 @@ def evaluate_manifest(model, manifest: str | Path, batch_size: int = 16) -> dict
         codes = [model.quantizer.nearest(v).cpu() for v in vectors]
         usage += torch.bincount(torch.cat(codes), minlength=usage.numel()).to(usage.dtype)
         hyps += model.transcribe_tokens([c.tolist() for c in codes])
+        if unquantized:
+            hyps_unquantized += model.transcribe_vectors(vectors)
         refs += [line["text"] for _, line in chunk]
         speakers += [line.get("speaker", "") for _, line in chunk]
         geometry.add(vectors, speakers[-len(chunk):], model.quantizer)
     by_speaker = _by_speaker(hyps, refs, speakers)
     for speaker, error in geometry.relative_errors().items():
         by_speaker[speaker]["quantization_error"] = error
+    bypassed = {}
+    if unquantized:
+        for speaker, v in _by_speaker(hyps_unquantized, refs, speakers).items():
+            by_speaker[speaker]["wer_unquantized"] = v["wer"]
+        bypassed = {"wer_unquantized": word_error_rate(hyps_unquantized, refs),
+                    "cer_unquantized": word_error_rate(hyps_unquantized, refs, use_cer=True)}
     return {
         "manifest": manifest.name,
         "utterances": len(lines),
         "wer": word_error_rate(hyps, refs),
         "cer": word_error_rate(hyps, refs, use_cer=True),
+        **bypassed,
         "by_speaker": by_speaker,
         "codebook_usage": (usage > 0).float().mean().item(),
         "perplexity": float(perplexity(usage)),
@@ -115,11 +128,15 @@ def report_lines(result: dict) -> list[str]:
     """What the tools print of one manifest's result: the totals, then each voice."""
     lines = [f"[eval] {result['manifest']}: WER {result['wer']:.1%} (CER {result['cer']:.1%}), codebook usage "
              f"{result['codebook_usage']:.0%}, perplexity {result['perplexity']:.0f}"]
+    if result.get("wer_unquantized") is not None:
+        lines.append(f"[eval]   the quantizer bypassed: WER {result['wer_unquantized']:.1%} "
+                     f"(CER {result['cer_unquantized']:.1%})")
     if result.get("quantization_error") is not None:
         share = result.get("voice_variance_share")
         lines.append(f"[eval]   quantizer input: relative quantization error {result['quantization_error']:.3f}"
                      + ("" if share is None else f", the voices' means explain {share:.1%} of its variance"))
     for speaker, v in result["by_speaker"].items():
         error = "" if v.get("quantization_error") is None else f", quantization error {v['quantization_error']:.3f}"
+        error += "" if v.get("wer_unquantized") is None else f", bypassed WER {v['wer_unquantized']:.1%}"
         lines.append(f"[eval]   {speaker}: WER {v['wer']:.1%}, CER {v['cer']:.1%}{error} ({v['utterances']} utterances)")
     return lines

@@ -2,7 +2,8 @@
 
 The Conformer tokenizer trained from scratch (``model.SpeechTokenizerModel``) and the Whisper-derived
 one (``whisper_model.WhisperSpeechTokenizerModel``) answer the same calls (``tokenize``,
-``continuous_vectors``, ``transcribe_tokens``, ``transcribe_audio``), so tools take a ``.nemo`` of either.
+``continuous_vectors``, ``transcribe_tokens``, ``transcribe_vectors``, ``transcribe_audio``), so tools take a
+``.nemo`` of either.
 """
 
 from __future__ import annotations

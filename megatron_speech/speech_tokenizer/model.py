@@ -149,6 +149,15 @@ class SpeechTokenizerModel(ModelPT):
         return self.greedy_decode(logits, ctc_lengths)
 
     @torch.no_grad()
+    def transcribe_vectors(self, vectors: list[torch.Tensor]) -> list[str]:
+        """Greedy CTC transcription of vectors in the quantizer's space [tokens, D] (``continuous_vectors``):
+        the quantizer bypassed, as the Whisper tokenizer's."""
+        padded = torch.nn.utils.rnn.pad_sequence(vectors, batch_first=True)
+        lengths = torch.tensor([v.shape[0] for v in vectors])
+        logits, ctc_lengths = self._asr_head(padded.to(self.quantizer.codebook.dtype), lengths)
+        return self.greedy_decode(logits, ctc_lengths)
+
+    @torch.no_grad()
     def transcribe_audio(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> list[str]:
         """Greedy transcription through the quantized tokens: ``transcribe_tokens(tokenize(...))`` in one
         call (the quantizer counts the codes in ``usage``)."""

@@ -16,7 +16,7 @@ The first build reads them and records Whisper's shape in ``model.whisper.config
 then carries the trained weights and Whisper's ``tokenizer.json``, and needs the source no more.
 
 The interface is the Conformer tokenizer's (``model.SpeechTokenizerModel``): ``tokenize``,
-``continuous_vectors``, ``transcribe_tokens``, ``transcribe_audio``, ``quantizer``,
+``continuous_vectors``, ``transcribe_tokens``, ``transcribe_vectors``, ``transcribe_audio``, ``quantizer``,
 ``cfg.sample_rate``; transcripts come back normalised (``speech.text.normalize_text``), as the WER figures compare them.
 """
 
@@ -197,6 +197,16 @@ class WhisperSpeechTokenizerModel(ModelPT):
             padded[i, : len(c)] = torch.tensor(c, dtype=torch.long)
         valid = torch.arange(padded.shape[1])[None] < lengths[:, None]
         return self._greedy(self.net.encode_tokens(padded, valid), valid)
+
+    @torch.no_grad()
+    def transcribe_vectors(self, vectors: list[torch.Tensor]) -> list[str]:
+        """Greedy transcription of vectors in the quantizer's space [tokens, D] (``continuous_vectors``),
+        read by the layers above as if they were codes: the quantizer bypassed. Why: what the tokens
+        lose against what the fine-tuned layers around them lose (a voice heard badly either way)."""
+        padded = torch.nn.utils.rnn.pad_sequence(vectors, batch_first=True)
+        lengths = torch.tensor([v.shape[0] for v in vectors])
+        valid = torch.arange(padded.shape[1])[None] < lengths[:, None]
+        return self._greedy(self.net.encode_tokens(padded.to(self.quantizer.codebook.dtype), valid), valid)
 
     @torch.no_grad()
     def transcribe_audio(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> list[str]:
