@@ -141,12 +141,7 @@ class SpeechTokenizerModel(ModelPT):
     @torch.no_grad()
     def transcribe_tokens(self, codes: list[list[int]]) -> list[str]:
         """Greedy CTC transcription of token sequences (to check what synthetic tokens say)."""
-        lengths = torch.tensor([len(c) for c in codes])
-        padded = torch.zeros(len(codes), int(lengths.max()), dtype=torch.long)
-        for i, c in enumerate(codes):
-            padded[i, : len(c)] = torch.tensor(c)
-        logits, ctc_lengths = self._asr_head(self.quantizer.codebook[padded], lengths)
-        return self.greedy_decode(logits, ctc_lengths)
+        return self.transcribe_vectors([self.quantizer.codebook[torch.tensor(c, dtype=torch.long)] for c in codes])
 
     @torch.no_grad()
     def transcribe_vectors(self, vectors: list[torch.Tensor]) -> list[str]:

@@ -191,12 +191,7 @@ class WhisperSpeechTokenizerModel(ModelPT):
     @torch.no_grad()
     def transcribe_tokens(self, codes: list[list[int]]) -> list[str]:
         """Greedy transcription of token sequences through the layers above the quantizer and the decoder."""
-        lengths = torch.tensor([len(c) for c in codes])
-        padded = torch.zeros(len(codes), int(lengths.max()), dtype=torch.long)
-        for i, c in enumerate(codes):
-            padded[i, : len(c)] = torch.tensor(c, dtype=torch.long)
-        valid = torch.arange(padded.shape[1])[None] < lengths[:, None]
-        return self._greedy(self.net.encode_tokens(padded, valid), valid)
+        return self.transcribe_vectors([self.quantizer.codebook[torch.tensor(c, dtype=torch.long)] for c in codes])
 
     @torch.no_grad()
     def transcribe_vectors(self, vectors: list[torch.Tensor]) -> list[str]:
