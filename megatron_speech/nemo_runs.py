@@ -1,14 +1,18 @@
 """What the NeMo recipes (speech tokenizer, speech decoder) share around ``trainer.fit``: one writer
-a run folder, resuming from its newest checkpoint with the settings it was made with, the library
-versions beside the figures, and the loud warning when the time guard cut a schedule short."""
+a run folder, resuming from its newest checkpoint with the settings it was made with and where the
+uninterrupted run would be, the library versions beside the figures, and the loud warning when the
+time guard cut a schedule short."""
 
 from __future__ import annotations
 
 import contextlib
+import random
 import sys
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
+import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
 from megatron_speech import jobs
@@ -58,6 +62,80 @@ def check_resume_settings(resume: str | None, model_cfg: DictConfig) -> None:
         raise SystemExit(f"error: {resume} was made with other model settings; these differ: "
                          f"{', '.join('model.' + k for k in differ)}. Rerun with the settings it was made "
                          "with, or train in a new run folder (another name=...)")
+
+
+class ResumableBatches:
+    """A batch sampler (Lhotse's, or any with ``set_epoch``) whose next pass can start after the
+    batches a resumed run already trained on.
+
+    Lhotse's own ``state_dict`` refuses the samplers NeMo builds (a custom batch constraint). The
+    skipped batches are drawn and dropped by the sampler, which holds only the cuts' metadata, so no
+    audio is read for them."""
+
+    def __init__(self, sampler) -> None:
+        self.sampler, self._skip = sampler, 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning's call at each epoch's start
+        self.sampler.set_epoch(epoch)
+
+    def restore(self, epoch: int, batches: int) -> None:
+        """The next pass is epoch ``epoch`` from its batch ``batches`` on; the one after, whole again."""
+        self.sampler.set_epoch(epoch)
+        self._skip = batches
+
+    def __iter__(self) -> Iterator:
+        skip, self._skip = self._skip, 0
+        return islice(iter(self.sampler), skip, None)
+
+
+class ExactResume(pl.Callback):
+    """A resumed run continues as the uninterrupted one would have: Lightning's checkpoint holds the
+    weights, the optimizer, the schedule and the step; this adds where the training data was (epoch,
+    batches trained in it, for a loader whose sampler is :class:`ResumableBatches`) and, in a
+    one-process run, the random generators (the quantizer's code restarts, dropout). Before it, a
+    resume mid-epoch started the epoch's data over. A checkpoint made without it resumes as before."""
+
+    KEY = "exact_resume"
+
+    def __init__(self) -> None:
+        self._generators = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        import numpy as np
+        import torch
+
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # trained in this epoch
+        generators = None
+        if trainer.world_size == 1:  # the checkpoint is rank 0's: other ranks' generators are not in it
+            generators = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+            if torch.cuda.is_available():
+                generators["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint[self.KEY] = {"epoch": int(trainer.current_epoch), "batches": int(batches), "generators": generators}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        state = checkpoint.get(self.KEY)
+        if state is None:
+            return
+        sampler = getattr(pl_module.train_dataloader(), "sampler", None)
+        if isinstance(sampler, ResumableBatches):  # before Lightning first iterates the loader
+            sampler.restore(state["epoch"], state["batches"])
+        self._generators = state["generators"]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        """The generators go back at the first step: since the restore, the sanity check, the loaders'
+        start and Lightning's rerun of the validation the checkpoint was saved in have drawn from them,
+        and the uninterrupted run drew nothing between its save and that step."""
+        if self._generators is None:
+            return
+        import numpy as np
+        import torch
+
+        torch.set_rng_state(self._generators["torch"])
+        random.setstate(self._generators["python"])
+        np.random.set_state(self._generators["numpy"])
+        if "cuda" in self._generators and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(self._generators["cuda"])
+        self._generators = None
 
 
 def versions() -> dict[str, str]:

@@ -298,6 +298,32 @@ def test_duration_buckets_give_every_utterance_once(small_corpus):
     assert sorted(texts) == sorted(manifest)
 
 
+def test_a_restored_loader_goes_on_with_the_batches_an_uninterrupted_one_gives(small_corpus):
+    """A resumed run's data: the loader restored to (epoch, batches trained) yields the rest of that
+    epoch's batches, in the uninterrupted order, not the epoch from its start (issue 22's resumable
+    jobs; before, a resume mid-epoch started the epoch's data over)."""
+    from megatron_speech.speech_tokenizer.loader import training_loader
+
+    data = OmegaConf.load(REPO / "examples/speech_tokenizer/conf/mini.yaml").model.train_ds
+    data.update(manifest_filepath=str(small_corpus / "train.jsonl"), batch_duration=3.0, num_buckets=2,
+                num_cuts_for_bins_estimate=100)
+    model = _model()
+
+    def batches(loader) -> list:
+        return [(batch[1].tolist(), batch[2].tolist()) for batch in loader]
+
+    uninterrupted = training_loader(data, model, model.text_units)
+    epochs = [batches(uninterrupted)]
+    uninterrupted.sampler.set_epoch(1)  # as Lightning does at each epoch's start
+    epochs.append(batches(uninterrupted))
+    assert len(epochs[0]) >= 4 and epochs[0] != epochs[1]  # several batches, and each epoch its own order
+    for epoch, whole in enumerate(epochs):
+        resumed = training_loader(data, model, model.text_units)
+        resumed.sampler.restore(epoch, 3)
+        assert batches(resumed) == whole[3:], f"epoch {epoch}"
+        assert batches(resumed) == whole, "a restore skips once: the next pass is the whole epoch"
+
+
 @pytest.mark.parametrize("concurrent, leaves_a_thread", [(None, False), (True, True)], ids=["recipe", "concurrent"])
 def test_a_loader_stopped_early_leaves_no_thread_behind(small_corpus, tmp_path, concurrent, leaves_a_thread):
     """Training stops mid-pass (max_steps, max_time). Lhotse's concurrent bucketing fills buckets
@@ -384,6 +410,9 @@ def test_training_recipe_writes_a_checkpoint_and_its_report(tmp_path, units):
     assert ("model_path" in (report["config"]["subwords"] or {})) == bool(units)
     if units:
         return
+    (checkpoint,) = (tmp_path / "runs/tiny").glob("**/*step=3.ckpt")  # the tool's trainer keeps where it was
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["exact_resume"]
+    assert set(state) == {"epoch", "batches", "generators"} and set(state["generators"]) >= {"torch", "python"}
     # a rerun resumes from the newest checkpoint, and the report keeps the validation made before it
     longer = subprocess.run([sys.executable, str(tool), "--config-name", "mini", *tiny, "trainer.max_steps=5"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -460,6 +489,68 @@ def test_a_missing_extra_validation_set_is_named(small_corpus):
     cfg.extra_sets = {"again": str(small_corpus / "train.jsonl")}  # an absolute path, as it is
     loaders, names = validation_loaders(cfg, model, text_units=lambda text: [1])
     assert names == ["", "again"] and len(loaders) == 2
+
+
+@pytest.mark.slow
+def test_a_run_that_crashed_mid_epoch_resumes_to_the_uninterrupted_runs_weights(tmp_path):
+    """A 6-step run that crashes after its step-3 checkpoint (mid-epoch 0) and is resumed from it ends
+    with the weights of the same run uninterrupted: the data goes on where it was, the generators (the
+    quantizer's code restarts draw from them at every step here) are the ones the uninterrupted run
+    had, and so is the quantizer's update count. The trainer is the training tool's
+    (``nemo_runs.ExactResume``); a resume without it ends elsewhere."""
+    import lightning.pytorch as pl
+
+    from megatron_speech import nemo_runs
+    from megatron_speech.speech.corpus import SpeechCorpusConfig, build_corpus
+    from megatron_speech.speech_tokenizer.model import SpeechTokenizerModel
+
+    corpus = tmp_path / "corpus"
+    build_corpus(SpeechCorpusConfig(str(corpus), num_sentences=16, voices=["flite:slt", "espeak:en-us", "flite:awb"],
+                                    held_out_voice="flite:awb", dev_sentences=2, test_sentences=2))
+    recipe = OmegaConf.load(REPO / "examples/speech_tokenizer/conf/mini.yaml")
+    cfg = tiny_config()
+    cfg.train_ds = recipe.model.train_ds
+    cfg.train_ds.update(manifest_filepath=str(corpus / "train.jsonl"), batch_duration=3.0, num_buckets=2,
+                        num_cuts_for_bins_estimate=100)
+    cfg.validation_ds = recipe.model.validation_ds
+    cfg.validation_ds.update(manifest_filepath=str(corpus / "dev.jsonl"), extra_sets=None)
+    cfg.optim.sched.warmup_steps = 1
+
+    class Crashed(Exception):
+        pass
+
+    class Crash(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 3:
+                raise Crashed("after the step-3 checkpoint")
+
+    def fit(name: str, resume: str | None = None, crash: bool = False, exact: bool = True) -> dict:
+        trainer = pl.Trainer(**{**recipe.trainer, "max_steps": 6, "val_check_interval": 3, "max_time": None},
+                             default_root_dir=str(tmp_path / name), enable_progress_bar=False,
+                             callbacks=[nemo_runs.ExactResume()] * exact + [Crash()] * crash)
+        model = SpeechTokenizerModel(cfg, trainer=trainer)
+        trainer.fit(model, ckpt_path=resume)
+        histories[name] = model.validation_history
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    histories: dict[str, list] = {}
+    whole = fit("whole")
+    with pytest.raises(Crashed):
+        fit("crashed", crash=True)
+    (step3,) = (tmp_path / "crashed").glob("**/*step=3.ckpt")
+    position = torch.load(step3, map_location="cpu", weights_only=False)[nemo_runs.ExactResume.KEY]
+    assert (position["epoch"], position["batches"]) == (0, 3)
+    resumed = fit("resumed", resume=str(step3))
+    assert int(whole["quantizer.updates"]) == 6 == int(resumed["quantizer.updates"])
+    # every weight and buffer but the quantizer's tally of codes chosen, which Lightning's rerun of the
+    # step-3 validation adds to (a diagnostic: nothing in training reads it)
+    assert [k for k in whole if not torch.equal(whole[k], resumed[k])] == ["quantizer.usage"]
+    # the report's validations: step 3 once (Lightning reran it on the resume) and step 6 as uninterrupted
+    assert [r["step"] for r in histories["resumed"]] == [3, 6] and histories["resumed"] == histories["whole"]
+    (last,) = (tmp_path / "resumed").glob("**/*step=6.ckpt")  # still epoch 0: the crash was mid-epoch
+    assert torch.load(last, map_location="cpu", weights_only=False)[nemo_runs.ExactResume.KEY]["epoch"] == 0
+    elsewhere = fit("plain", resume=str(step3), exact=False)  # Lightning alone: the epoch over, other draws
+    assert [k for k in whole if not torch.equal(whole[k], elsewhere[k])]
 
 
 @pytest.mark.slow

@@ -40,7 +40,7 @@ def main(cfg: DictConfig) -> None:
 
 
 def train(cfg: DictConfig, out: Path, resume: str | None) -> None:
-    trainer = pl.Trainer(**trainer_settings(cfg), default_root_dir=str(out))
+    trainer = pl.Trainer(**trainer_settings(cfg), default_root_dir=str(out), callbacks=[nemo_runs.ExactResume()])
     model = build_model(cfg.model, trainer)
     nemo_runs.check_resume_settings(resume, model.cfg)
     if not resume and cfg.get("init_from_nemo_model"):

@@ -43,7 +43,7 @@ def train(cfg: DictConfig, out: Path, resume: str | None) -> None:
         model_path = train_subword_model(cfg.model.train_ds.manifest_filepath, subwords.vocab_size, out / "subwords")
         with open_dict(subwords):
             subwords.model_path = str(model_path)
-    trainer = pl.Trainer(**cfg.trainer, default_root_dir=str(out))
+    trainer = pl.Trainer(**cfg.trainer, default_root_dir=str(out), callbacks=[nemo_runs.ExactResume()])
     model = model_class(cfg.get("model_type", "conformer"))(cfg.model, trainer=trainer)
     nemo_runs.check_resume_settings(resume, model.cfg)
     start = time.perf_counter()

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
+from megatron_speech.nemo_runs import ResumableBatches
+
 
 def lhotse_loader(cfg: DictConfig, model, text_units):
     """Batches of (audio, audio lengths, transcript ids, id lengths); ``text_units(text) -> ids``.
@@ -72,7 +74,11 @@ def log_validation(model) -> None:
         model.log(f"val_wer{suffix}", wer, prog_bar=True)
         record.update({f"val_loss{suffix}": round(float(loss), 4), f"val_wer{suffix}": round(float(wer), 4)})
     if outputs and model._trainer is not None and not model.trainer.sanity_checking:
-        model.validation_history.append(record)
+        history = model.validation_history
+        if history and history[-1]["step"] == record["step"]:  # Lightning reruns, on a resume, the
+            history[-1] = record                                # validation its checkpoint was saved in
+        else:
+            history.append(record)
     outputs.clear()
 
 
@@ -84,3 +90,16 @@ def save_history(model, checkpoint: dict) -> None:
 
 def load_history(model, checkpoint: dict) -> None:
     model.validation_history = list(checkpoint.get("validation_history", []))
+
+
+def training_loader(cfg: DictConfig, model, text_units):
+    """:func:`lhotse_loader` whose batches a resumed run picks up mid-epoch (``nemo_runs.ResumableBatches``).
+    A loader whose sampler runs in its workers (NeMo's tarred or Shar data) is returned as it is: a
+    resume starts its epoch over."""
+    import torch
+
+    loader = lhotse_loader(cfg, model, text_units)
+    if not hasattr(loader.sampler, "set_epoch"):  # the iterable-dataset case: the sampler is in the dataset
+        return loader
+    return torch.utils.data.DataLoader(loader.dataset, sampler=ResumableBatches(loader.sampler), batch_size=None,
+                                       num_workers=loader.num_workers, pin_memory=loader.pin_memory)

@@ -22,7 +22,7 @@ from nemo.core import ModelPT
 from nemo.core.classes import common as nemo_common
 
 from megatron_speech.speech_tokenizer.loader import (lhotse_loader, load_history, log_validation, save_history,
-                                                     validation_loaders)
+                                                     training_loader, validation_loaders)
 from megatron_speech.speech_tokenizer.quantizer import VectorQuantizerEMA
 
 # NeMo instantiates `_target_`s from a .nemo file only under approved module prefixes (and only
@@ -207,7 +207,7 @@ class SpeechTokenizerModel(ModelPT):
         return lhotse_loader(cfg, self, self.text_units)
 
     def setup_training_data(self, cfg: DictConfig) -> None:
-        self._train_dl = self._loader(cfg) if cfg and cfg.get("manifest_filepath") else None
+        self._train_dl = training_loader(cfg, self, self.text_units) if cfg and cfg.get("manifest_filepath") else None
 
     def setup_validation_data(self, cfg: DictConfig) -> None:
         self._validation_dl, self.validation_set_names = validation_loaders(cfg, self, self.text_units)

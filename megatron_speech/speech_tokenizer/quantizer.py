@@ -57,7 +57,7 @@ class VectorQuantizerEMA(nn.Module):
         if not 0.0 <= near_miss < 1.0:
             raise ValueError(f"near_miss must be in [0, 1), got {near_miss}")
         self.near_miss = near_miss
-        self.restart_interval, self._updates = restart_interval, 0
+        self.restart_interval, self._updates = restart_interval, 0  # mirrored in the buffer ``updates``
         self.normalize = normalize
         self.num_codes, self.dim = num_codes, dim
         self.decay, self.commitment_weight = decay, commitment_weight
@@ -68,6 +68,13 @@ class VectorQuantizerEMA(nn.Module):
         self.register_buffer("embed_sum", codebook.clone())
         self.register_buffer("usage", torch.zeros(num_codes))  # codes chosen since reset_usage()
         self.register_buffer("initialized", torch.tensor(False))
+        # codebook updates so far, in the state: restarts keep their cadence across a resume
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        updates = state_dict.setdefault(prefix + "updates", torch.zeros((), dtype=torch.long))  # older: none
+        self._updates = int(updates)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def reset_usage(self) -> None:
         self.usage.zero_()
@@ -148,6 +155,7 @@ class VectorQuantizerEMA(nn.Module):
         codebook = self.embed_sum / smoothed[:, None]
         self.codebook.copy_(nn.functional.normalize(codebook, dim=-1) if self.normalize else codebook)
         self._updates += 1
+        self.updates.fill_(self._updates)  # from the Python count: reading the buffer would wait for a GPU
         if self.restart_interval is None or self._updates % self.restart_interval:
             return 0
         return self._restart_dead_codes(flat[valid])

@@ -34,8 +34,8 @@ from nemo.core.classes import common as nemo_common
 
 from megatron_speech.config_loader import build
 from megatron_speech.speech.text import normalize_text
-from megatron_speech.speech_tokenizer.loader import (lhotse_loader, load_history, log_validation, save_history,
-                                                     validation_loaders)
+from megatron_speech.speech_tokenizer.loader import (load_history, log_validation, save_history,
+                                                     training_loader, validation_loaders)
 from megatron_speech.speech_tokenizer.whisper_vq import HOP_SAMPLES, WhisperVQ, WhisperVQSettings, mel_frames
 
 if "megatron_speech.speech_tokenizer." not in nemo_common.ALLOWED_TARGET_PREFIXES:
@@ -281,7 +281,7 @@ class WhisperSpeechTokenizerModel(ModelPT):
         load_history(self, checkpoint)
 
     def setup_training_data(self, cfg: DictConfig) -> None:
-        self._train_dl = lhotse_loader(cfg, self, self.text_units) if cfg and cfg.get("manifest_filepath") else None
+        self._train_dl = training_loader(cfg, self, self.text_units) if cfg and cfg.get("manifest_filepath") else None
 
     def setup_validation_data(self, cfg: DictConfig) -> None:
         self._validation_dl, self.validation_set_names = validation_loaders(cfg, self, self.text_units)
