@@ -287,9 +287,12 @@ def test_duration_buckets_give_every_utterance_once(small_corpus):
     assert data.use_bucketing and data.batch_duration
     data.update(manifest_filepath=str(small_corpus / "train.jsonl"), batch_duration=6.0, num_buckets=2,
                 num_cuts_for_bins_estimate=100)
+    from megatron_speech.speech_tokenizer.loader import lhotse_loader
+
     model = _model()
     texts = []
-    for audio, audio_lengths, targets, target_lengths in (batch[:4] for batch in model._loader(data)):
+    loader = lhotse_loader(data, model, model.text_units)
+    for audio, audio_lengths, targets, target_lengths in (batch[:4] for batch in loader):
         assert len(audio_lengths) == 1 or audio_lengths.sum() / 16000 <= 6.0
         assert audio.shape[1] == audio_lengths.max()
         for t, n in zip(targets.tolist(), target_lengths.tolist()):
@@ -335,6 +338,8 @@ def test_a_loader_stopped_early_leaves_no_thread_behind(small_corpus, tmp_path, 
     the buffer let a fast CI machine read it all first."""
     import threading
 
+    from megatron_speech.speech_tokenizer.loader import lhotse_loader
+
     lines = [json.loads(l) for l in (small_corpus / "train.jsonl").read_text().splitlines()]
     for line in lines:
         line["audio_filepath"] = str(small_corpus / line["audio_filepath"])
@@ -347,7 +352,8 @@ def test_a_loader_stopped_early_leaves_no_thread_behind(small_corpus, tmp_path, 
     if concurrent is not None:
         data.concurrent_bucketing = concurrent
     before = set(threading.enumerate())
-    loader = _model()._loader(data)
+    model = _model()
+    loader = lhotse_loader(data, model, model.text_units)
     next(iter(loader))  # one step, then training "stops" with the rest of the pass unread
     time.sleep(0.5)
     left = [t for t in set(threading.enumerate()) - before if t.is_alive() and not t.daemon]

@@ -21,8 +21,8 @@ from omegaconf import DictConfig, open_dict
 from nemo.core import ModelPT
 from nemo.core.classes import common as nemo_common
 
-from megatron_speech.speech_tokenizer.loader import (lhotse_loader, load_history, log_validation, save_history,
-                                                     training_loader, validation_loaders)
+from megatron_speech.speech_tokenizer.loader import (load_history, log_validation, save_history, training_loader,
+                                                     validation_loaders)
 from megatron_speech.speech_tokenizer.quantizer import VectorQuantizerEMA
 
 # NeMo instantiates `_target_`s from a .nemo file only under approved module prefixes (and only
@@ -202,9 +202,6 @@ class SpeechTokenizerModel(ModelPT):
         load_history(self, checkpoint)
 
     # ------------------------------------------------------------------ data (NeMo's Lhotse loader)
-
-    def _loader(self, cfg: DictConfig):
-        return lhotse_loader(cfg, self, self.text_units)
 
     def setup_training_data(self, cfg: DictConfig) -> None:
         self._train_dl = training_loader(cfg, self, self.text_units) if cfg and cfg.get("manifest_filepath") else None
