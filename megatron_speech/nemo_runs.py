@@ -64,6 +64,45 @@ def check_resume_settings(resume: str | None, model_cfg: DictConfig) -> None:
                          "with, or train in a new run folder (another name=...)")
 
 
+class EpochBatches:
+    """Batches of a map-style dataset whose order depends only on ``(seed, epoch)``: a shuffle a
+    resumed run can replay, which a ``DataLoader(shuffle=True)`` is not (it draws each epoch's order
+    from the global generator). Each rank takes its share of the epoch's order (rank r every r-th
+    index, the order cut to a multiple of the ranks so that every rank has as many batches), so it
+    stands in for Lightning's distributed sampler (``use_distributed_sampler: false``).
+
+    A batch is a list of ``(epoch, index)`` keys: a dataset's random choices for an item (a crop) can
+    then depend on the item and its epoch alone, not on how many items a generator served before."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, drop_last: bool = True) -> None:
+        if size < 1 or batch_size < 1:
+            raise ValueError(f"EpochBatches needs items and a batch size (got {size} items, batches of {batch_size})")
+        self.size, self.batch_size, self.seed, self.drop_last, self.epoch = size, batch_size, seed, drop_last, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> list[int]:
+        import torch
+        import torch.distributed as dist
+
+        rank, ranks = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        return order[: len(order) - len(order) % ranks][rank::ranks]
+
+    def __len__(self) -> int:
+        share = len(self._indices())
+        return share // self.batch_size if self.drop_last else -(-share // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        indices = self._indices()
+        for start in range(0, len(indices), self.batch_size):
+            batch = indices[start: start + self.batch_size]
+            if len(batch) == self.batch_size or not self.drop_last:
+                yield [(self.epoch, i) for i in batch]
+
+
 class ResumableBatches:
     """A batch sampler (Lhotse's, or any with ``set_epoch``) whose next pass can start after the
     batches a resumed run already trained on.
@@ -83,6 +122,9 @@ class ResumableBatches:
         self.sampler.set_epoch(epoch)
         self._skip = batches
 
+    def __len__(self) -> int:  # the whole epoch's: Lightning counts a resumed epoch's trained batches in it
+        return len(self.sampler)
+
     def __iter__(self) -> Iterator:
         skip, self._skip = self._skip, 0
         return islice(iter(self.sampler), skip, None)
@@ -91,7 +133,7 @@ class ResumableBatches:
 class ExactResume(pl.Callback):
     """A resumed run continues as the uninterrupted one would have: Lightning's checkpoint holds the
     weights, the optimizer, the schedule and the step; this adds where the training data was (epoch,
-    batches trained in it, for a loader whose sampler is :class:`ResumableBatches`) and, in a
+    batches trained in it, for a loader whose sampler or batch sampler is :class:`ResumableBatches`) and, in a
     one-process run, the random generators (the quantizer's code restarts, dropout). Before it, a
     resume mid-epoch started the epoch's data over. A checkpoint made without it resumes as before."""
 
@@ -116,9 +158,10 @@ class ExactResume(pl.Callback):
         state = checkpoint.get(self.KEY)
         if state is None:
             return
-        sampler = getattr(pl_module.train_dataloader(), "sampler", None)
-        if isinstance(sampler, ResumableBatches):  # before Lightning first iterates the loader
-            sampler.restore(state["epoch"], state["batches"])
+        loader = pl_module.train_dataloader()
+        for sampler in (getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None)):
+            if isinstance(sampler, ResumableBatches):  # before Lightning first iterates the loader
+                sampler.restore(state["epoch"], state["batches"])
         self._generators = state["generators"]
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:

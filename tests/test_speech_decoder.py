@@ -240,6 +240,55 @@ def test_the_adversarial_term_starts_at_its_step_and_resumes_with_its_critic(pai
     assert trainer.global_step == 5
     assert all(int(s["step"]) == 3 for s in resumed._discriminator_optim.state_dict()["state"].values())
 
+def test_epoch_batches_replay_an_epoch_and_give_each_rank_an_equal_disjoint_share(monkeypatch):
+    """The decoder's training order is a function of (seed, epoch), so a resumed run can replay it,
+    and each rank takes its own share of it (the decoder trains with ``use_distributed_sampler: false``)."""
+    from megatron_speech.nemo_runs import EpochBatches
+
+    def epoch(sampler: EpochBatches, number: int) -> list:
+        sampler.set_epoch(number)
+        return list(sampler)
+
+    sampler = EpochBatches(11, 3, seed=5)
+    first, again, second = epoch(sampler, 0), epoch(EpochBatches(11, 3, seed=5), 0), epoch(sampler, 1)
+    assert first == again and len(first) == len(sampler) == 3  # 11 items: three whole batches of 3
+    assert {e for batch in second for e, _ in batch} == {1} and first != [[(0, i) for _, i in b] for b in second]
+    assert epoch(EpochBatches(11, 3, seed=6), 0) != first
+    assert [len(b) for b in epoch(EpochBatches(11, 3, seed=5, drop_last=False), 0)] == [3, 3, 3, 2]
+
+    import torch.distributed as dist
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 3)
+    shares = []
+    for rank in range(3):
+        monkeypatch.setattr(dist, "get_rank", lambda rank=rank: rank)
+        ranked = EpochBatches(11, 1, seed=5)
+        shares.append([i for batch in epoch(ranked, 2) for _, i in batch])
+        assert len(ranked) == 3
+    seen = [i for share in shares for i in share]
+    assert len(seen) == len(set(seen)) == 9  # 11 cut to 9: three each, none twice
+
+
+def test_a_training_crop_depends_on_its_item_and_epoch_only(pairs):
+    """Crops drawn from (seed, epoch, index): the same whatever came before, another in another epoch.
+    A generator shared by the dataset (before) gave a resumed run, or each loader worker, other crops."""
+    from megatron_speech.speech_decoder.data import TokenAudioPairs
+
+    def dataset(seed: int = 3) -> TokenAudioPairs:
+        return TokenAudioPairs(pairs / "tokens.jsonl", pairs / "manifest.jsonl", [], 16000, TOKEN_SAMPLES,
+                               max_tokens=4, random_crop=True, seed=seed)
+
+    def crops(data: TokenAudioPairs, keys: list) -> list:
+        return [data[key]["tokens"].tolist() for key in keys]
+
+    keys = [(epoch, index) for epoch in range(3) for index in range(6)]
+    forward = crops(dataset(), keys)
+    assert crops(dataset(), keys[::-1]) == forward[::-1]
+    assert forward[:6] != forward[6:12] and crops(dataset(seed=4), keys[:6]) != forward[:6]
+    assert all(len(c) == 4 for c in forward)
+
+
 # ---- the NeMo model and the tools, on tones standing in for speech ------------------------------
 
 TOKEN_SAMPLES = 1280  # 12.5 Hz at 16 kHz
@@ -337,6 +386,48 @@ def test_the_training_tool_writes_a_nemo_and_its_record_and_resumes(pairs, tmp_p
                            timeout=600, cwd=ROOT)
     assert other.returncode != 0 and "these differ: model.optim.lr" in other.stderr + other.stdout
     assert json.loads((tmp_path / "tiny" / "tiny.train.json").read_text()) == record
+
+
+def test_a_run_that_crashed_mid_epoch_resumes_to_the_uninterrupted_runs_weights(pairs, tmp_path):
+    """An 8-step run (three batches an epoch) that crashes after its step-4 checkpoint (epoch 1, one
+    batch in) and is resumed from it ends with the weights of the same run uninterrupted: the data goes
+    on from epoch 1's second batch and the flow's noise is drawn from the generators the uninterrupted
+    run had (``nemo_runs.ExactResume``, the training tool's); a resume without it ends elsewhere."""
+    import lightning.pytorch as pl
+
+    from megatron_speech import nemo_runs
+    from megatron_speech.speech_decoder.model import SpeechDecoderModel
+
+    cfg = _config(pairs, tmp_path, head="flow")
+    cfg.model.train_ds.batch_size = 2
+    cfg.trainer.update({"max_steps": 8, "val_check_interval": 4, "max_time": None})
+
+    class Crashed(Exception):
+        pass
+
+    class Crash(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 4:
+                raise Crashed("after the step-4 checkpoint")
+
+    def fit(name: str, resume: str | None = None, crash: bool = False, exact: bool = True) -> dict:
+        trainer = pl.Trainer(**cfg.trainer, default_root_dir=str(tmp_path / name),
+                             callbacks=[nemo_runs.ExactResume()] * exact + [Crash()] * crash)
+        torch.manual_seed(0)  # every run starts from the same weights
+        model = SpeechDecoderModel(cfg.model, trainer=trainer)
+        trainer.fit(model, ckpt_path=resume)
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    whole = fit("whole")
+    with pytest.raises(Crashed):
+        fit("crashed", crash=True)
+    (step4,) = (tmp_path / "crashed").glob("**/*step=4.ckpt")
+    position = torch.load(step4, map_location="cpu", weights_only=False)[nemo_runs.ExactResume.KEY]
+    assert (position["epoch"], position["batches"]) == (1, 1)
+    resumed = fit("resumed", resume=str(step4))
+    assert [k for k in whole if not torch.equal(whole[k], resumed[k])] == []
+    elsewhere = fit("plain", resume=str(step4), exact=False)  # Lightning alone: epoch 1 from its start, other noise
+    assert [k for k in whole if not torch.equal(whole[k], elsewhere[k])]
 
 
 @pytest.mark.slow

@@ -56,13 +56,16 @@ class TokenAudioPairs(torch.utils.data.Dataset):
         self.vectors = VectorStore(vector_store) if vector_store else None
         self.speaker_index = {name: i for i, name in enumerate(speakers)}
         self.sample_rate, self.samples_per_token = sample_rate, samples_per_token
-        self.max_tokens, self.random_crop, self.crop_step = max_tokens, random_crop, crop_step
-        self.rng = random.Random(seed)
+        self.max_tokens, self.random_crop, self.crop_step, self.seed = max_tokens, random_crop, crop_step, seed
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """``key``: an index, or ``(epoch, index)`` as ``nemo_runs.EpochBatches`` gives them. A random
+        crop is drawn from ``(seed, epoch, index)`` alone, so a resumed run crops as the uninterrupted
+        one did, and loader workers (each with a copy of the dataset) do not repeat each other's draws."""
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         pair = self.pairs[index]
         audio = load_audio(self.manifest, pair["number"], pair["line"], self.sample_rate)
         codes = pair[SPEECH_FIELD]
@@ -72,7 +75,7 @@ class TokenAudioPairs(torch.utils.data.Dataset):
                               f"{audio.numel()} samples of {self.manifest} line {pair['number']} (expected about "
                               f"{expected}): tokens of another rate or another corpus?")
         starts = -(-max(1, len(codes) - self.max_tokens + 1) // self.crop_step)  # whole steps that fit
-        start = self.crop_step * self.rng.randrange(0, starts) if self.random_crop else 0
+        start = self.crop_step * random.Random(f"{self.seed}:{epoch}:{index}").randrange(0, starts) if self.random_crop else 0
         codes = codes[start: start + self.max_tokens]
         span = audio[start * self.samples_per_token: (start + len(codes)) * self.samples_per_token]
         span = torch.nn.functional.pad(span, (0, len(codes) * self.samples_per_token - span.numel()))

@@ -30,6 +30,7 @@ from nemo.core.classes import common as nemo_common
 
 from megatron_speech.config_loader import build
 from megatron_speech.data import speech_tokens
+from megatron_speech.nemo_runs import EpochBatches, ResumableBatches
 from megatron_speech.speech_decoder.data import TokenAudioPairs, collate, speakers_of
 from megatron_speech.speech_decoder.mel import MelSettings, MelSpectrogram
 from megatron_speech.speech_decoder.mel_discriminator import MelDiscriminator
@@ -217,8 +218,12 @@ class SpeechDecoderModel(ModelPT):
                                   self.mel_settings.sample_rate, self.samples_per_token,
                                   int(cfg.get("max_tokens", 50)), random_crop=train, seed=int(cfg.get("seed", 0)),
                                   vector_store=cfg.get("vector_store"), crop_step=self.net_settings.tokens_per_group)
-        return torch.utils.data.DataLoader(dataset, batch_size=int(cfg.batch_size), shuffle=train, collate_fn=collate,
-                                           num_workers=int(cfg.get("num_workers", 0)), drop_last=train)
+        workers = int(cfg.get("num_workers", 0))
+        if not train:
+            return torch.utils.data.DataLoader(dataset, batch_size=int(cfg.batch_size), collate_fn=collate,
+                                               num_workers=workers)
+        batches = ResumableBatches(EpochBatches(len(dataset), int(cfg.batch_size), int(cfg.get("seed", 0))))
+        return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers)
 
     def setup_training_data(self, cfg: DictConfig) -> None:
         self._train_dl = self._loader(cfg, True) if cfg and cfg.get("tokens_filepath") else None
