@@ -133,9 +133,11 @@ class ResumableBatches:
 class ExactResume(pl.Callback):
     """A resumed run continues as the uninterrupted one would have: Lightning's checkpoint holds the
     weights, the optimizer, the schedule and the step; this adds where the training data was (epoch,
-    batches trained in it, for a loader whose sampler or batch sampler is :class:`ResumableBatches`) and, in a
-    one-process run, the random generators (the quantizer's code restarts, dropout). Before it, a
-    resume mid-epoch started the epoch's data over. A checkpoint made without it resumes as before."""
+    batches trained in it, for a loader whose sampler or batch sampler is :class:`ResumableBatches`)
+    and every rank's random generators (the quantizer's code restarts, dropout, the flow's noise),
+    gathered into rank 0's checkpoint. Before it, a resume mid-epoch started the epoch's data over. A
+    checkpoint made without it resumes as before; one made with another number of ranks keeps its data
+    position and leaves the generators as they are, saying so."""
 
     KEY = "exact_resume"
 
@@ -143,16 +145,15 @@ class ExactResume(pl.Callback):
         self._generators = None
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        import numpy as np
-        import torch
-
+        """Called on every rank (Lightning's ``dump_checkpoint``), so the gather below is collective."""
         batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # trained in this epoch
-        generators = None
-        if trainer.world_size == 1:  # the checkpoint is rank 0's: other ranks' generators are not in it
-            generators = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-            if torch.cuda.is_available():
-                generators["cuda"] = torch.cuda.get_rng_state_all()
-        checkpoint[self.KEY] = {"epoch": int(trainer.current_epoch), "batches": int(batches), "generators": generators}
+        every = [_generators()]
+        if trainer.world_size > 1:
+            import torch.distributed as dist
+
+            every = [None] * trainer.world_size
+            dist.all_gather_object(every, _generators())
+        checkpoint[self.KEY] = {"epoch": int(trainer.current_epoch), "batches": int(batches), "generators": every}
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         state = checkpoint.get(self.KEY)
@@ -162,7 +163,17 @@ class ExactResume(pl.Callback):
         for sampler in (getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None)):
             if isinstance(sampler, ResumableBatches):  # before Lightning first iterates the loader
                 sampler.restore(state["epoch"], state["batches"])
-        self._generators = state["generators"]
+        every = state["generators"]
+        if isinstance(every, dict):  # a one-process checkpoint of the first format
+            every = [every]
+        if every is None or len(every) != trainer.world_size:
+            if trainer.global_rank == 0:
+                print(f"resuming on {trainer.world_size} ranks from a checkpoint with "
+                      f"{'no' if every is None else len(every)} ranks' random generators: the data goes on "
+                      "where it was, the random draws (dropout, code restarts) do not repeat the "
+                      "uninterrupted run's", file=sys.stderr, flush=True)
+            return
+        self._generators = every[trainer.global_rank]
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         """The generators go back at the first step: since the restore, the sanity check, the loaders'
@@ -179,6 +190,17 @@ class ExactResume(pl.Callback):
         if "cuda" in self._generators and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(self._generators["cuda"])
         self._generators = None
+
+
+def _generators() -> dict:
+    """This process's random generators: torch's (and CUDA's), Python's and NumPy's."""
+    import numpy as np
+    import torch
+
+    generators = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        generators["cuda"] = torch.cuda.get_rng_state_all()
+    return generators
 
 
 def versions() -> dict[str, str]:

@@ -430,6 +430,68 @@ def test_a_run_that_crashed_mid_epoch_resumes_to_the_uninterrupted_runs_weights(
     assert [k for k in whole if not torch.equal(whole[k], elsewhere[k])]
 
 
+class _Crashed(Exception):
+    pass
+
+
+def _two_rank_fit(pairs: str, root: str, name: str, resume: str | None, crash: bool, exact: bool) -> dict | None:
+    """One rank of a two-process decoder run (Lightning's DDP on gloo), one batch a step, three steps
+    an epoch, each rank drawing its own noise; it returns its weights, or None when it crashed as told
+    (after the step-4 checkpoint)."""
+    import lightning.pytorch as pl
+
+    from megatron_speech import nemo_runs
+    from megatron_speech.speech_decoder.model import SpeechDecoderModel
+
+    cfg = _config(Path(pairs), Path(root), head="flow")
+    cfg.model.train_ds.batch_size = 1
+    cfg.trainer.update({"max_steps": 8, "val_check_interval": 4, "max_time": None, "devices": 2, "strategy": "ddp"})
+
+    class Crash(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 4:
+                raise _Crashed()
+
+    trainer = pl.Trainer(**cfg.trainer, default_root_dir=str(Path(root) / name),
+                         callbacks=[nemo_runs.ExactResume()] * exact + [Crash()] * crash)
+    torch.manual_seed(0)
+    model = SpeechDecoderModel(cfg.model, trainer=trainer)
+    torch.manual_seed(100 + int(os.environ["RANK"]))  # each rank its own noise
+    try:
+        trainer.fit(model, ckpt_path=resume)
+    except _Crashed:
+        return None
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.slow
+def test_a_two_rank_run_resumes_with_each_ranks_generators(pairs, tmp_path):
+    """Each rank's generators are gathered into the checkpoint rank 0 writes and each rank takes its
+    own back: a two-rank run crashed after its step-4 checkpoint and resumed ends with the uninterrupted
+    run's weights (the ranks' noise differs, so one rank given another's, or none, ends elsewhere:
+    the checkpoint's generators shuffled between the ranks do)."""
+    from megatron_speech import nemo_runs
+    from megatron_speech.testing.multiprocess import run_processes
+
+    def fit(name: str, resume: Path | None = None, crash: bool = False) -> list:
+        return run_processes(_two_rank_fit, 2, str(pairs), str(tmp_path), name, resume and str(resume), crash, True)
+
+    whole = fit("whole")
+    assert all(torch.equal(whole[0][k], whole[1][k]) for k in whole[0])  # DDP keeps the ranks equal
+    assert fit("crashed", crash=True) == [None, None]
+    (step4,) = (tmp_path / "crashed").glob("**/*step=4.ckpt")
+    checkpoint = torch.load(step4, map_location="cpu", weights_only=False)
+    state = checkpoint[nemo_runs.ExactResume.KEY]
+    assert (state["epoch"], state["batches"], len(state["generators"])) == (1, 1, 2)
+    assert not torch.equal(state["generators"][0]["torch"], state["generators"][1]["torch"])
+    resumed = fit("resumed", resume=step4)
+    assert [k for k in whole[0] if not torch.equal(whole[0][k], resumed[0][k])] == []
+    state["generators"].reverse()  # each rank given the other's
+    torch.save(checkpoint, tmp_path / "swapped.ckpt")
+    swapped = fit("swapped", resume=tmp_path / "swapped.ckpt")
+    assert [k for k in whole[0] if not torch.equal(whole[0][k], swapped[0][k])]
+
+
 @pytest.mark.slow
 def test_the_training_tool_starts_an_adversarial_run_from_another_decoders_weights(pairs, trained, tmp_path):
     """``init_from_nemo_model`` loads the decoder's weights (at a learning rate of ~0 they come out as
