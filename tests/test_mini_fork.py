@@ -54,6 +54,22 @@ def test_a_new_span_ratio_remakes_the_synthesis_and_arm_b_and_links_the_rest(min
     assert mini.fork.fork(recipe, source, mini.SELECTION) == kept  # a finished fork is not redone
 
 
+def test_symbolic_links_of_kept_stages_are_made_again_files_and_folders(mini, source, tmp_path):
+    """A stage's symbolic links, to a file or to a folder, come over as links with the same target
+    (a linked folder was left out: ``os.walk`` does not descend into it); a rerun keeps them."""
+    (source / "speech_corpus" / "wav").symlink_to("audio")  # a folder link of a kept stage
+    (source / "speech_tokens" / "latest.jsonl").symlink_to("train.jsonl")  # a file link of a kept stage
+    (source / "synthesis" / "last").symlink_to("records")  # a folder link of a stage made again
+    recipe, _ = _fork(mini, source, tmp_path / "ratio", "synthesis.ratio=0.5")
+    work = recipe.work
+    for relative, target in [("speech_corpus/wav", "audio"), ("speech_tokens/latest.jsonl", "train.jsonl")]:
+        assert (work / relative).is_symlink() and os.readlink(work / relative) == target, relative
+    assert (work / "speech_corpus/wav/0.wav").read_text() == "speech_corpus/audio/0.wav\n"
+    assert not (work / "synthesis" / "last").exists() and not (work / "synthesis" / "last").is_symlink()
+    mini.fork._link_files(source, work, {n: recipe.outputs(n) for n, _ in recipe.stages()}, {"speech_corpus"})
+    assert os.readlink(work / "speech_corpus/wav") == "audio"
+
+
 def test_a_stage_run_again_in_the_new_folder_writes_its_own_files(mini, source, tmp_path):
     recipe, _ = _fork(mini, source, tmp_path / "ratio", "synthesis.ratio=0.5")
     metrics = recipe.work / "speech_warmup" / "metrics.jsonl"

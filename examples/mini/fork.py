@@ -113,21 +113,29 @@ def fork(recipe, source: Path, ignored: Iterable[str] = ()) -> list[str]:
 
 
 def _link_files(source: Path, work: Path, patterns: dict[str, list[str]], kept: set[str]) -> None:
-    for folder, _, files in os.walk(source):
-        for name in files:
+    """Hard links to the kept stages' files; their symbolic links, to files or folders, made again as
+    they are (``os.walk`` does not descend into a linked folder: its link is the stage's output)."""
+    for folder, dirs, files in os.walk(source):
+        for name in files + [d for d in dirs if (Path(folder) / d).is_symlink()]:
             path = Path(folder) / name
             relative = path.relative_to(source).as_posix()
-            if owner(relative, patterns) not in kept:
-                continue
-            target = work / relative
-            if target.exists() and os.path.samefile(target, path):
-                continue  # linked by an interrupted fork
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.unlink(missing_ok=True)
-            if path.is_symlink():
-                target.symlink_to(os.readlink(path))
-            else:
-                os.link(path, target)
+            if owner(relative, patterns) in kept:
+                _link(path, work / relative)
+
+
+def _link(path: Path, target: Path) -> None:
+    if path.is_symlink():
+        if target.is_symlink() and os.readlink(target) == os.readlink(path):
+            return  # made by an interrupted fork
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)
+        target.symlink_to(os.readlink(path))
+        return
+    if target.exists() and os.path.samefile(target, path):
+        return  # linked by an interrupted fork
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    os.link(path, target)
 
 
 def unshare(work: Path, patterns: list[str]) -> int:
