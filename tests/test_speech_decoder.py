@@ -13,6 +13,7 @@ import torch
 
 from megatron_speech.speech_decoder.mel import MelSettings, MelSpectrogram, griffin_lim
 from megatron_speech.speech_decoder.token_to_mel import TokenToMel, TokenToMelSettings, block_mask
+from megatron_speech.testing.crash import CrashAt, Crashed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -402,17 +403,9 @@ def test_a_run_that_crashed_mid_epoch_resumes_to_the_uninterrupted_runs_weights(
     cfg.model.train_ds.batch_size = 2
     cfg.trainer.update({"max_steps": 8, "val_check_interval": 4, "max_time": None})
 
-    class Crashed(Exception):
-        pass
-
-    class Crash(pl.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if trainer.global_step == 4:
-                raise Crashed("after the step-4 checkpoint")
-
     def fit(name: str, resume: str | None = None, crash: bool = False, exact: bool = True) -> dict:
         trainer = pl.Trainer(**cfg.trainer, default_root_dir=str(tmp_path / name),
-                             callbacks=[nemo_runs.ExactResume()] * exact + [Crash()] * crash)
+                             callbacks=[nemo_runs.ExactResume()] * exact + [CrashAt(4)] * crash)
         torch.manual_seed(0)  # every run starts from the same weights
         model = SpeechDecoderModel(cfg.model, trainer=trainer)
         trainer.fit(model, ckpt_path=resume)
@@ -430,10 +423,6 @@ def test_a_run_that_crashed_mid_epoch_resumes_to_the_uninterrupted_runs_weights(
     assert [k for k in whole if not torch.equal(whole[k], elsewhere[k])]
 
 
-class _Crashed(Exception):
-    pass
-
-
 def _two_rank_fit(pairs: str, root: str, name: str, resume: str | None, crash: bool, exact: bool) -> dict | None:
     """One rank of a two-process decoder run (Lightning's DDP on gloo), one batch a step, three steps
     an epoch, each rank drawing its own noise; it returns its weights, or None when it crashed as told
@@ -446,20 +435,14 @@ def _two_rank_fit(pairs: str, root: str, name: str, resume: str | None, crash: b
     cfg = _config(Path(pairs), Path(root), head="flow")
     cfg.model.train_ds.batch_size = 1
     cfg.trainer.update({"max_steps": 8, "val_check_interval": 4, "max_time": None, "devices": 2, "strategy": "ddp"})
-
-    class Crash(pl.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if trainer.global_step == 4:
-                raise _Crashed()
-
     trainer = pl.Trainer(**cfg.trainer, default_root_dir=str(Path(root) / name),
-                         callbacks=[nemo_runs.ExactResume()] * exact + [Crash()] * crash)
+                         callbacks=[nemo_runs.ExactResume()] * exact + [CrashAt(4)] * crash)
     torch.manual_seed(0)
     model = SpeechDecoderModel(cfg.model, trainer=trainer)
     torch.manual_seed(100 + int(os.environ["RANK"]))  # each rank its own noise
     try:
         trainer.fit(model, ckpt_path=resume)
-    except _Crashed:
+    except Crashed:
         return None
     return {k: v.clone() for k, v in model.state_dict().items()}
 

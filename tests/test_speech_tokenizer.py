@@ -509,6 +509,7 @@ def test_a_run_that_crashed_mid_epoch_resumes_to_the_uninterrupted_runs_weights(
     from megatron_speech import nemo_runs
     from megatron_speech.speech.corpus import SpeechCorpusConfig, build_corpus
     from megatron_speech.speech_tokenizer.model import SpeechTokenizerModel
+    from megatron_speech.testing.crash import CrashAt, Crashed
 
     corpus = tmp_path / "corpus"
     build_corpus(SpeechCorpusConfig(str(corpus), num_sentences=16, voices=["flite:slt", "espeak:en-us", "flite:awb"],
@@ -522,18 +523,10 @@ def test_a_run_that_crashed_mid_epoch_resumes_to_the_uninterrupted_runs_weights(
     cfg.validation_ds.update(manifest_filepath=str(corpus / "dev.jsonl"), extra_sets=None)
     cfg.optim.sched.warmup_steps = 1
 
-    class Crashed(Exception):
-        pass
-
-    class Crash(pl.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if trainer.global_step == 3:
-                raise Crashed("after the step-3 checkpoint")
-
     def fit(name: str, resume: str | None = None, crash: bool = False, exact: bool = True) -> dict:
         trainer = pl.Trainer(**{**recipe.trainer, "max_steps": 6, "val_check_interval": 3, "max_time": None},
                              default_root_dir=str(tmp_path / name), enable_progress_bar=False,
-                             callbacks=[nemo_runs.ExactResume()] * exact + [Crash()] * crash)
+                             callbacks=[nemo_runs.ExactResume()] * exact + [CrashAt(3)] * crash)
         model = SpeechTokenizerModel(cfg, trainer=trainer)
         trainer.fit(model, ckpt_path=resume)
         histories[name] = model.validation_history
