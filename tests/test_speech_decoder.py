@@ -13,7 +13,7 @@ import torch
 
 from megatron_speech.speech_decoder.mel import MelSettings, MelSpectrogram, griffin_lim
 from megatron_speech.speech_decoder.token_to_mel import TokenToMel, TokenToMelSettings, block_mask
-from megatron_speech.testing.crash import CrashAt, Crashed
+from megatron_speech.testing.crash import CrashAt, Crashed, crash_and_find_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -412,10 +412,7 @@ def test_a_run_that_crashed_mid_epoch_resumes_to_the_uninterrupted_runs_weights(
         return {k: v.clone() for k, v in model.state_dict().items()}
 
     whole = fit("whole")
-    with pytest.raises(Crashed):
-        fit("crashed", crash=True)
-    (step4,) = (tmp_path / "crashed").glob("**/*step=4.ckpt")
-    position = torch.load(step4, map_location="cpu", weights_only=False)[nemo_runs.ExactResume.KEY]
+    step4, position = crash_and_find_checkpoint(fit, tmp_path, 4)
     assert (position["epoch"], position["batches"]) == (1, 1)
     resumed = fit("resumed", resume=str(step4))
     assert [k for k in whole if not torch.equal(whole[k], resumed[k])] == []

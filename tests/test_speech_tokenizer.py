@@ -509,7 +509,7 @@ def test_a_run_that_crashed_mid_epoch_resumes_to_the_uninterrupted_runs_weights(
     from megatron_speech import nemo_runs
     from megatron_speech.speech.corpus import SpeechCorpusConfig, build_corpus
     from megatron_speech.speech_tokenizer.model import SpeechTokenizerModel
-    from megatron_speech.testing.crash import CrashAt, Crashed
+    from megatron_speech.testing.crash import CrashAt, crash_and_find_checkpoint
 
     corpus = tmp_path / "corpus"
     build_corpus(SpeechCorpusConfig(str(corpus), num_sentences=16, voices=["flite:slt", "espeak:en-us", "flite:awb"],
@@ -534,10 +534,7 @@ def test_a_run_that_crashed_mid_epoch_resumes_to_the_uninterrupted_runs_weights(
 
     histories: dict[str, list] = {}
     whole = fit("whole")
-    with pytest.raises(Crashed):
-        fit("crashed", crash=True)
-    (step3,) = (tmp_path / "crashed").glob("**/*step=3.ckpt")
-    position = torch.load(step3, map_location="cpu", weights_only=False)[nemo_runs.ExactResume.KEY]
+    step3, position = crash_and_find_checkpoint(fit, tmp_path, 3)
     assert (position["epoch"], position["batches"]) == (0, 3)
     resumed = fit("resumed", resume=str(step3))
     assert int(whole["quantizer.updates"]) == 6 == int(resumed["quantizer.updates"])
