@@ -11,12 +11,7 @@ corpus. The model has random weights, so every span decodes to a fixed length, 0
 - plain loop: one span at a time, the whole sequence re-run for every new token (no cache).
 
 The baselines run on the first ``--baseline-spans`` spans (rates, not totals, are compared).
-Goal on CPU: engine >= 5x the plain loop.
-
-Beam search (``--beam-spans``, beam 4, its own rows a span, the spans' ends left to the model) is
-timed twice on the same spans: with ``decoding.reorder_cache`` (in place, the written positions of
-the rows that move) and with Megatron-Core's ``swap_key_value_dict`` (a copy of every layer's whole
-cache a step), which must give the same tokens. Goal: the reorder no slower than the swap. On a GPU, a 1.5B-shaped model (Qwen2-1.5B shape, 16,384
+Goal on CPU: engine >= 5x the plain loop. On a GPU, a 1.5B-shaped model (Qwen2-1.5B shape, 16,384
 speech codes) in bf16 is measured instead, against the paper's 25k tokens/s on one H800.
 """
 
@@ -83,8 +78,7 @@ def plain_loop(generator: SpanGenerator, texts: list[str]) -> int:
     return tokens_out
 
 
-def engine(generator: SpanGenerator, texts: list[str], outputs: list | None = None) -> int:
-    """Speech tokens generated for ``texts`` (each span's ids appended to ``outputs``, if given)."""
+def engine(generator: SpanGenerator, texts: list[str]) -> int:
     prompts = [generator.prompt(t) for t in texts]
     max_new = [generator.config.length_bounds(t)[1] + 1 for t in texts]
     order = sorted(range(len(texts)), key=lambda i: len(prompts[i]))
@@ -92,29 +86,9 @@ def engine(generator: SpanGenerator, texts: list[str], outputs: list | None = No
     size = generator.config.batch_size
     for b in range(0, len(order), size):
         batch = order[b: b + size]
-        decoded = generator.decode([prompts[i] for i in batch], [max_new[i] for i in batch], [0] * len(batch))
-        tokens_out += sum(map(len, decoded))
-        if outputs is not None:
-            outputs.extend(decoded)
+        outputs = generator.decode([prompts[i] for i in batch], [max_new[i] for i in batch], [0] * len(batch))
+        tokens_out += sum(map(len, outputs))
     return tokens_out
-
-
-def beam_rates(generator: SpanGenerator, texts: list[str]) -> tuple[float, float]:
-    """Speech tokens/s of beam search with ``reorder_cache``, then with Megatron's whole-cache swap."""
-    from megatron_speech.models import decoding
-
-    outputs_ours: list = []
-    outputs_theirs: list = []
-    ours = rate(engine, generator, texts, outputs_ours)
-    reorder = decoding.reorder_cache
-    decoding.reorder_cache = lambda context, source: context.swap_key_value_dict(source)
-    try:
-        theirs = rate(engine, generator, texts, outputs_theirs)
-    finally:
-        decoding.reorder_cache = reorder
-    if outputs_theirs != outputs_ours:
-        raise SystemExit("error: the cache reorder and Megatron's swap gave other tokens")
-    return ours[0], theirs[0]
 
 
 def rate(fn, *args) -> tuple[float, int]:
@@ -132,7 +106,6 @@ def main() -> None:
     parser.add_argument("--spans", type=int, default=256)
     parser.add_argument("--baseline-spans", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=0, help="default: 64 on CPU, 256 on GPU")
-    parser.add_argument("--beam-spans", type=int, default=64, help="spans for the beam-search timing (0: none)")
     args = parser.parse_args()
     on_gpu = backends.available().cuda
     model_config = GPU_MODEL if on_gpu else CPU_MODEL
@@ -163,12 +136,6 @@ def main() -> None:
     else:
         print(f"ratio engine / batch 1: {fast / cached:.1f}x; "
               f"engine / paper's 25k tokens/s per H800: {fast / PAPER_TOKENS_PER_S:.2f}x")
-    if args.beam_spans:
-        beam = SpanGenerator(model, tokenizer, GenerationConfig(**{**gen_config.__dict__, "strategy": "beam",
-                                                                   "beam_size": 4, "ignore_end_of_audio": False}))
-        ours, theirs = beam_rates(beam, texts[: args.beam_spans])
-        print(f"beam 4, cache reordered in place: {ours:,.0f} speech tokens/s; with Megatron's whole-cache swap: "
-              f"{theirs:,.0f} | ratio {ours / theirs:.2f}x (goal >= 1)")
     par.shutdown()
 
 

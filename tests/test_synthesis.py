@@ -187,32 +187,6 @@ def test_beam_search_rows_do_not_depend_on_the_batch_and_bounds_hold():
     assert _beam([[S]], 2, max_new=2) == [[B, C]]  # nothing ended in time: the best, without <stop>
 
 
-def test_the_cache_reorder_moves_the_written_positions_as_megatrons_whole_cache_swap_does():
-    """Beam search reorders the KV cache in place, only the positions written so far and the rows that
-    move (a swap, a duplicate, rows kept); those positions end as Megatron-Core's copy of everything."""
-    from megatron.core.inference.contexts import StaticInferenceContext
-
-    from megatron_speech.models.decoding import reorder_cache
-
-    def context() -> StaticInferenceContext:
-        torch.manual_seed(0)
-        c = StaticInferenceContext(5, 7)
-        c.key_value_memory_dict = {layer: (torch.randn(7, 5, 2, 3), torch.randn(7, 5, 2, 3)) for layer in (1, 2)}
-        c.sequence_len_offset = 4
-        return c
-
-    source = torch.tensor([1, 0, 2, 2, 4])  # rows 0 and 1 swap, row 3 copies row 2, rows 2 and 4 stay
-    ours, megatrons = context(), context()
-    kept_tail = ours.key_value_memory_dict[1][0][4:].clone()
-    reorder_cache(ours, source)
-    megatrons.swap_key_value_dict(source)
-    for layer in (1, 2):
-        for mine, theirs in zip(ours.key_value_memory_dict[layer], megatrons.key_value_memory_dict[layer]):
-            assert torch.equal(mine[:4], theirs[:4])
-    assert torch.equal(ours.key_value_memory_dict[1][0][4:], kept_tail)  # positions not yet written: untouched
-    assert not torch.equal(context().key_value_memory_dict[1][0][:4], ours.key_value_memory_dict[1][0][:4])
-
-
 def test_beam_settings_change_a_jobs_fingerprint_only_under_beam_search():
     from megatron_speech.synthesis.generate import GenerationConfig
 

@@ -109,7 +109,7 @@ def beam_search_batch(model, prompts: list[list[int]], max_new: list[int], min_n
 
     Each prompt owns ``beam`` consecutive rows of one static batch (the same rule as
     ``decode_batch``: right-padded prompts, one position a step); after every step the rows, and
-    Megatron-Core's KV cache with them (:func:`reorder_cache`), are reordered to the surviving
+    Megatron-Core's KV cache with them (``swap_key_value_dict``), are reordered to the surviving
     hypotheses. A prompt's result does not depend on the other prompts in the batch."""
     from megatron.core.inference.contexts import StaticInferenceContext
 
@@ -179,29 +179,10 @@ def beam_search_batch(model, prompts: list[list[int]], max_new: list[int], min_n
         if not torch.equal(source, torch.arange(rows)):
             index = source.to(device)
             tokens = tokens[index]
-            reorder_cache(context, index)
+            context.swap_key_value_dict(index)
             generated = [list(generated[int(s)]) for s in source]
         for row, token in chosen.items():
             tokens[row, t] = token
             generated[row].append(token)
         logits = _forward(model, tokens[:, t: t + 1], positions[:, t: t + 1], context, vocab_size)
     return [max(f, key=lambda item: item[0])[1] if f else [] for f in finished]
-
-
-def reorder_cache(context, source: torch.Tensor) -> None:
-    """Row ``r`` of every layer's KV cache becomes row ``source[r]``, in place, for the positions
-    written so far and the rows that change. Megatron-Core's ``swap_key_value_dict`` copies each
-    layer's whole cache (every position up to the longest span's end, every row) into new tensors,
-    at every step of a beam search. A cache of another layout than (keys, values) pairs of
-    [position, row, ...] is left to it."""
-    memory = context.key_value_memory_dict
-    if not all(isinstance(kv, tuple) and len(kv) == 2 and all(torch.is_tensor(t) for t in kv) for kv in memory.values()):
-        context.swap_key_value_dict(source)
-        return
-    moved = (source != torch.arange(len(source), device=source.device)).nonzero().flatten()
-    if not len(moved):
-        return
-    filled, parents = context.sequence_len_offset, source[moved]
-    for keys, values in memory.values():
-        keys[:filled, moved] = keys[:filled, parents]  # the right side is a copy: overlapping moves are safe
-        values[:filled, moved] = values[:filled, parents]
