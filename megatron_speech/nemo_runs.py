@@ -76,8 +76,10 @@ class EpochBatches:
 
     def __init__(self, size: int, batch_size: int, seed: int, drop_last: bool = True) -> None:
         if size < 1 or batch_size < 1:
-            raise ValueError(f"EpochBatches needs items and a batch size (got {size} items, batches of {batch_size})")
-        self.size, self.batch_size, self.seed, self.drop_last, self.epoch = size, batch_size, seed, drop_last, 0
+            raise ValueError(f"EpochBatches needs items and a batch size (got {size} items, "
+                             f"batches of {batch_size})")
+        self.size, self.batch_size, self.seed, self.drop_last = size, batch_size, seed, drop_last
+        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -86,7 +88,9 @@ class EpochBatches:
         import torch
         import torch.distributed as dist
 
-        rank, ranks = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+        rank, ranks = 0, 1
+        if dist.is_available() and dist.is_initialized():
+            rank, ranks = dist.get_rank(), dist.get_world_size()
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.size, generator=generator).tolist()
         return order[: len(order) - len(order) % ranks][rank::ranks]
@@ -153,7 +157,8 @@ class ExactResume(pl.Callback):
 
             every = [None] * trainer.world_size
             dist.all_gather_object(every, _generators())
-        checkpoint[self.KEY] = {"epoch": int(trainer.current_epoch), "batches": int(batches), "generators": every}
+        checkpoint[self.KEY] = {"epoch": int(trainer.current_epoch), "batches": int(batches),
+                                "generators": every}
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         state = checkpoint.get(self.KEY)

@@ -253,7 +253,8 @@ def test_epoch_batches_replay_an_epoch_and_give_each_rank_an_equal_disjoint_shar
     sampler = EpochBatches(11, 3, seed=5)
     first, again, second = epoch(sampler, 0), epoch(EpochBatches(11, 3, seed=5), 0), epoch(sampler, 1)
     assert first == again and len(first) == len(sampler) == 3  # 11 items: three whole batches of 3
-    assert {e for batch in second for e, _ in batch} == {1} and first != [[(0, i) for _, i in b] for b in second]
+    assert {e for batch in second for e, _ in batch} == {1}
+    assert first != [[(0, i) for _, i in b] for b in second]
     assert epoch(EpochBatches(11, 3, seed=6), 0) != first
     assert [len(b) for b in epoch(EpochBatches(11, 3, seed=5, drop_last=False), 0)] == [3, 3, 3, 2]
 
@@ -416,11 +417,13 @@ def test_a_run_that_crashed_mid_epoch_resumes_to_the_uninterrupted_runs_weights(
     assert (position["epoch"], position["batches"]) == (1, 1)
     resumed = fit("resumed", resume=str(step4))
     assert [k for k in whole if not torch.equal(whole[k], resumed[k])] == []
-    elsewhere = fit("plain", resume=str(step4), exact=False)  # Lightning alone: epoch 1 from its start, other noise
+    # Lightning alone: epoch 1 from its start, other noise
+    elsewhere = fit("plain", resume=str(step4), exact=False)
     assert [k for k in whole if not torch.equal(whole[k], elsewhere[k])]
 
 
-def _two_rank_fit(pairs: str, root: str, name: str, resume: str | None, crash: bool, exact: bool) -> dict | None:
+def _two_rank_fit(pairs: str, root: str, name: str, resume: str | None, crash: bool,
+                  exact: bool) -> dict | None:
     """One rank of a two-process decoder run (Lightning's DDP on gloo), one batch a step, three steps
     an epoch, each rank drawing its own noise; it returns its weights, or None when it crashed as told
     (after the step-4 checkpoint)."""
@@ -431,7 +434,8 @@ def _two_rank_fit(pairs: str, root: str, name: str, resume: str | None, crash: b
 
     cfg = _config(Path(pairs), Path(root), head="flow")
     cfg.model.train_ds.batch_size = 1
-    cfg.trainer.update({"max_steps": 8, "val_check_interval": 4, "max_time": None, "devices": 2, "strategy": "ddp"})
+    cfg.trainer.update({"max_steps": 8, "val_check_interval": 4, "max_time": None, "devices": 2,
+                        "strategy": "ddp"})
     trainer = pl.Trainer(**cfg.trainer, default_root_dir=str(Path(root) / name),
                          callbacks=[nemo_runs.ExactResume()] * exact + [CrashAt(4)] * crash)
     torch.manual_seed(0)
@@ -454,7 +458,8 @@ def test_a_two_rank_run_resumes_with_each_ranks_generators(pairs, tmp_path):
     from megatron_speech.testing.multiprocess import run_processes
 
     def fit(name: str, resume: Path | None = None, crash: bool = False) -> list:
-        return run_processes(_two_rank_fit, 2, str(pairs), str(tmp_path), name, resume and str(resume), crash, True)
+        return run_processes(_two_rank_fit, 2, str(pairs), str(tmp_path), name, resume and str(resume),
+                             crash, True)
 
     whole = fit("whole")
     assert all(torch.equal(whole[0][k], whole[1][k]) for k in whole[0])  # DDP keeps the ranks equal

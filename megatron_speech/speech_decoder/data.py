@@ -56,7 +56,8 @@ class TokenAudioPairs(torch.utils.data.Dataset):
         self.vectors = VectorStore(vector_store) if vector_store else None
         self.speaker_index = {name: i for i, name in enumerate(speakers)}
         self.sample_rate, self.samples_per_token = sample_rate, samples_per_token
-        self.max_tokens, self.random_crop, self.crop_step, self.seed = max_tokens, random_crop, crop_step, seed
+        self.max_tokens, self.random_crop, self.crop_step = max_tokens, random_crop, crop_step
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -75,7 +76,9 @@ class TokenAudioPairs(torch.utils.data.Dataset):
                               f"{audio.numel()} samples of {self.manifest} line {pair['number']} (expected about "
                               f"{expected}): tokens of another rate or another corpus?")
         starts = -(-max(1, len(codes) - self.max_tokens + 1) // self.crop_step)  # whole steps that fit
-        start = self.crop_step * random.Random(f"{self.seed}:{epoch}:{index}").randrange(0, starts) if self.random_crop else 0
+        start = 0
+        if self.random_crop:
+            start = self.crop_step * random.Random(f"{self.seed}:{epoch}:{index}").randrange(0, starts)
         codes = codes[start: start + self.max_tokens]
         span = audio[start * self.samples_per_token: (start + len(codes)) * self.samples_per_token]
         span = torch.nn.functional.pad(span, (0, len(codes) * self.samples_per_token - span.numel()))

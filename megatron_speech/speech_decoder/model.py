@@ -223,7 +223,8 @@ class SpeechDecoderModel(ModelPT):
             return torch.utils.data.DataLoader(dataset, batch_size=int(cfg.batch_size), collate_fn=collate,
                                                num_workers=workers)
         batches = ResumableBatches(EpochBatches(len(dataset), int(cfg.batch_size), int(cfg.get("seed", 0))))
-        return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers)
+        return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
+                                           num_workers=workers)
 
     def setup_training_data(self, cfg: DictConfig) -> None:
         self._train_dl = self._loader(cfg, True) if cfg and cfg.get("tokens_filepath") else None
