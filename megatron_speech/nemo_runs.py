@@ -208,6 +208,39 @@ def _generators() -> dict:
     return generators
 
 
+def module_param_groups(model, groups: DictConfig | dict | None) -> list[dict]:
+    """The optimizer's parameter groups from ``model.optim_param_groups``: a module's path (dotted, as
+    ``named_modules`` writes it: ``net.decoder``, ``net.encoder.layers.1``) to the optimizer settings its
+    parameters take instead of ``optim``'s (a lower learning rate for pretrained layers, say).
+
+    NeMo's own ``setup_optimizer_param_groups`` reads the same key but only for the model's direct
+    attributes, and files a parameter under a group by its name's prefix, so ``layers.1`` would also take
+    ``layers.10``; here a group is a module and its parameters, and a parameter in two groups is refused.
+    Parameters in no group come first, with ``optim``'s settings. Frozen parameters stay in their group
+    (the optimizer skips a parameter without a gradient)."""
+    if not groups:
+        return [{"params": list(model.parameters())}]
+    modules = dict(model.named_modules())
+    owner: dict[int, str] = {}
+    named: list[dict] = []
+    for path, settings in dict(groups).items():
+        if path not in modules:
+            last = str(path).rsplit(".", 1)[-1]
+            near = sorted(m for m in modules if m and m.rsplit(".", 1)[-1] == last)[:5]
+            raise ValueError(f"model.optim_param_groups: no module {path!r} in the model"
+                             + (f" (modules with that last name: {near})" if near else ""))
+        params = list(modules[path].parameters())
+        for param in params:
+            if id(param) in owner:
+                raise ValueError(f"model.optim_param_groups: {path!r} and {owner[id(param)]!r} share "
+                                 "parameters; a parameter takes one group's settings")
+            owner[id(param)] = path
+        settings = OmegaConf.to_container(OmegaConf.create(dict(settings)), resolve=True)
+        named.append({"params": params, **settings})
+    rest = [p for p in model.parameters() if id(p) not in owner]
+    return ([{"params": rest}] if rest else []) + named
+
+
 def versions() -> dict[str, str]:
     """Library versions beside the figures: step times moved between sessions with these unrecorded."""
     from importlib.metadata import version

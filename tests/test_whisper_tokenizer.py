@@ -291,6 +291,46 @@ def test_training_lowers_the_asr_loss_and_leaves_frozen_layers_alone(hf_folder):
     assert float(model.net.position_count.sum()) > 0
 
 
+def test_optim_param_groups_give_a_module_its_own_learning_rate(hf_folder):
+    from omegaconf import OmegaConf
+
+    from megatron_speech.speech_tokenizer.whisper_model import WhisperSpeechTokenizerModel
+
+    torch.manual_seed(0)
+    cfg = _model_cfg(hf_folder, quantize_position_centering=True)
+    cfg.freeze = {"encoder_layers": 1}
+    cfg.optim_param_groups = {"net.decoder": {"lr": 0.0}, "net.encoder.layers.2": {"lr": 2e-3}}
+    model = WhisperSpeechTokenizerModel(cfg)
+    model.setup_optimization(OmegaConf.create({"name": "adamw", "lr": 1e-3}))
+    groups = model._optimizer.param_groups
+    assert [g["lr"] for g in groups] == [1e-3, 0.0, 2e-3]
+    in_groups = [id(p) for g in groups for p in g["params"]]
+    assert sorted(in_groups) == sorted(id(p) for p in model.parameters())  # each parameter once
+    assert {id(p) for p in model.net.decoder.parameters()} == {id(p) for p in groups[1]["params"]}
+
+    model.train()
+    decoder = model.net.decoder.layers[0].fc1.weight.clone()
+    above = model.net.encoder.layers[3].fc1.weight.clone()
+    asr, vq, _, _ = model._loss(_transcribed_batch(model, seed=8))
+    (asr + vq.commitment_loss).backward()
+    model._optimizer.step()
+    assert torch.equal(model.net.decoder.layers[0].fc1.weight, decoder)  # its group's rate: 0
+    assert not torch.equal(model.net.encoder.layers[3].fc1.weight, above)
+
+
+@pytest.mark.parametrize("groups, message", [
+    ({"net.decoderr": {"lr": 1e-4}}, "no module 'net.decoderr'"),
+    ({"net.encoder": {"lr": 1e-4}, "net.encoder.layers.2": {"lr": 1e-5}}, "share parameters"),
+])
+def test_optim_param_groups_refuse_unknown_and_overlapping_modules(hf_folder, groups, message):
+    from megatron_speech.nemo_runs import module_param_groups
+    from megatron_speech.speech_tokenizer.whisper_model import WhisperSpeechTokenizerModel
+
+    model = WhisperSpeechTokenizerModel(_model_cfg(hf_folder))
+    with pytest.raises(ValueError, match=message):
+        module_param_groups(model, groups)
+
+
 def test_spec_augment_masks_the_training_steps_features_only(hf_folder):
     """``model.spec_augment`` (NeMo's masks) changes what a training step's encoder sees; validation,
     tokenizing and transcribing see the clip as it is."""

@@ -33,6 +33,7 @@ from nemo.core import ModelPT
 from nemo.core.classes import common as nemo_common
 
 from megatron_speech.config_loader import build
+from megatron_speech.nemo_runs import module_param_groups
 from megatron_speech.speech.text import normalize_text
 from megatron_speech.speech_tokenizer.loader import (load_history, log_validation, save_history,
                                                      training_loader, validation_loaders)
@@ -279,6 +280,11 @@ class WhisperSpeechTokenizerModel(ModelPT):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         load_history(self, checkpoint)
+
+    def setup_optimizer_param_groups(self) -> None:
+        """``model.optim_param_groups``: other optimizer settings for some modules, by their dotted path
+        (``net.decoder: {lr: 1.0e-4}``), so pretrained layers can learn slower than the rest."""
+        self._optimizer_param_groups = module_param_groups(self, self.cfg.get("optim_param_groups"))
 
     def setup_training_data(self, cfg: DictConfig) -> None:
         self._train_dl = training_loader(cfg, self, self.text_units) if cfg and cfg.get("manifest_filepath") else None
