@@ -235,7 +235,8 @@ def module_param_groups(model, groups: DictConfig | dict | None) -> list[dict]:
                 raise ValueError(f"model.optim_param_groups: {path!r} and {owner[id(param)]!r} share "
                                  "parameters; a parameter takes one group's settings")
             owner[id(param)] = path
-        settings = OmegaConf.to_container(OmegaConf.create(dict(settings)), resolve=True)
+        if isinstance(settings, DictConfig):
+            settings = OmegaConf.to_container(settings, resolve=True)
         named.append({"params": params, **settings})
     rest = [p for p in model.parameters() if id(p) not in owner]
     return ([{"params": rest}] if rest else []) + named
