@@ -446,6 +446,33 @@ def test_the_validations_so_far_travel_in_a_checkpoint(model_class):
     assert after.validation_history == [{"step": 550, "val_wer": 0.4}]
 
 
+def test_a_resumes_rerun_of_a_validation_leaves_the_record_the_run_made():
+    """On a resume Lightning reruns the validation its checkpoint was saved in; with two validation sets
+    it reran only part of the first (session 47: 23.9% at step 550 where the run had measured 34.8% and
+    41.1%). The report keeps the whole validation's record and adds the next step's."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from megatron_speech.speech_tokenizer.loader import log_validation
+
+    made = {"step": 550, "val_loss": 0.947, "val_wer": 0.348, "val_loss_heldout_voice": 1.04,
+            "val_wer_heldout_voice": 0.411}
+    trainer = SimpleNamespace(global_step=550, sanity_checking=False)
+    partial = [{"val_loss": torch.tensor(0.65), "wer": 0.239, "set": 0}]  # the first set's, no held-out voice
+    model = SimpleNamespace(validation_history=[dict(made)], validation_set_names=["", "heldout_voice"],
+                            validation_step_outputs=partial, _trainer=trainer, trainer=trainer,
+                            log=lambda *args, **kwargs: None)
+    log_validation(model)
+    assert model.validation_history == [made] and model.validation_step_outputs == []
+    trainer.global_step = 1100
+    model.validation_step_outputs += [{"val_loss": torch.tensor(0.5), "wer": 0.15, "set": 0},
+                                      {"val_loss": torch.tensor(0.7), "wer": 0.26, "set": 1}]
+    log_validation(model)
+    assert model.validation_history[1] == {"step": 1100, "val_loss": 0.5, "val_wer": 0.15,
+                                           "val_loss_heldout_voice": 0.7, "val_wer_heldout_voice": 0.26}
+
+
 def test_a_run_folder_has_one_writer_and_resumes_from_its_newest_checkpoint(tmp_path, capsys):
     import os
 

@@ -75,9 +75,9 @@ def log_validation(model) -> None:
         record.update({f"val_loss{suffix}": round(float(loss), 4), f"val_wer{suffix}": round(float(wer), 4)})
     if outputs and model._trainer is not None and not model.trainer.sanity_checking:
         history = model.validation_history
-        if history and history[-1]["step"] == record["step"]:  # Lightning reruns, on a resume, the
-            history[-1] = record                                # validation its checkpoint was saved in
-        else:
+        # Lightning reruns, on a resume, the validation its checkpoint was saved in, and with more than one
+        # set only a part of it: the record the uninterrupted validation made is the one kept
+        if not history or history[-1]["step"] != record["step"]:
             history.append(record)
     outputs.clear()
 
